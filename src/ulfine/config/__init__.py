@@ -1,0 +1,34 @@
+"""Typed configuration: the schema (defaults in one place) and its loader."""
+
+from .loader import (
+    config_dir,
+    config_to_dict,
+    deep_merge,
+    list_presets,
+    load_config,
+    load_saved_config,
+    parse_overrides,
+    preset_dir,
+    save_config,
+)
+from .schema import (
+    CacheConfig,
+    Config,
+    DataConfig,
+    EvalConfig,
+    FineSSLConfig,
+    LogitAdjustConfig,
+    ModelConfig,
+    OptimConfig,
+    PEFTConfig,
+    SSLConfig,
+    TrainConfig,
+    ULFineConfig,
+)
+
+__all__ = [
+    "CacheConfig", "Config", "DataConfig", "EvalConfig", "FineSSLConfig", "LogitAdjustConfig",
+    "ModelConfig", "OptimConfig", "PEFTConfig", "SSLConfig", "TrainConfig", "ULFineConfig",
+    "config_dir", "config_to_dict", "deep_merge", "list_presets", "load_config",
+    "load_saved_config", "parse_overrides", "preset_dir", "save_config",
+]

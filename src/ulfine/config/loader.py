@@ -1,0 +1,157 @@
+"""Load a preset YAML, apply dotted ``key=value`` overrides, validate, and save resolved configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import ConfigError
+from .schema import Config
+
+BASE_KEY = "base"  # a preset may name another preset it extends
+
+
+def config_dir() -> Path:
+    """Folder holding ``presets/``: $ULFINE_CONFIG_DIR, else the repository's ``configs/``."""
+    env = os.environ.get("ULFINE_CONFIG_DIR")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "configs" / "presets").is_dir():
+            return parent / "configs"
+    return Path.cwd() / "configs"
+
+
+def preset_dir() -> Path:
+    """Folder of the named presets."""
+    return config_dir() / "presets"
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> its one-line description (the YAML's leading ``# `` comment)."""
+    out: dict[str, str] = {}
+    for path in sorted(preset_dir().glob("*.yaml")):
+        first = path.read_text().splitlines()[:1]
+        desc = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+        out[path.stem] = desc
+    return out
+
+
+def _preset_path(preset: str) -> Path:
+    path = Path(preset)
+    if path.suffix in {".yaml", ".yml"} and path.is_file():
+        return path
+    path = preset_dir() / f"{preset}.yaml"
+    if not path.is_file():
+        names = list(list_presets())
+        hint = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        raise ConfigError(
+            f"unknown preset {preset!r} (looked in {preset_dir()}); `ulfine presets` lists them: {hint}"
+        )
+    return path
+
+
+def _read_preset(preset: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    if preset in seen:
+        raise ConfigError(f"preset {preset!r} extends itself through {' -> '.join(seen)}")
+    path = _preset_path(preset)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"preset {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {path} must be a mapping of keys to values")
+    base = data.pop(BASE_KEY, None)
+    if base is not None:
+        data = deep_merge(_read_preset(str(base), seen + (preset,)), data)
+    return data
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base`` (mappings merge, the rest replaces)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["data.root=/x", "ssl.tau=0.9"]`` into a nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. ssl.tau=0.95)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
+            node = child
+        node[parts[-1]] = value
+    return nested
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key {loc!r}")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            parts.append(f"{loc}: {err['msg']}{shown}")
+    return "invalid config: " + "; ".join(parts)
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    """Validate a plain dict into a Config, with one-line errors that name the key."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+
+
+def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Load ``preset`` (a name under configs/presets or a YAML path), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        data = _read_preset(preset)
+        data.setdefault("preset", Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset)
+    data = deep_merge(data, parse_overrides(list(overrides or [])))
+    return build_config(data)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain, YAML/JSON-serialisable view of a config."""
+    return cfg.model_dump(mode="json")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config (every key, defaults included) so a run can be re-made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def load_saved_config(path: Path) -> Config:
+    """Read a config saved by :func:`save_config` (e.g. ``RUN_DIR/config.yaml``)."""
+    if not path.is_file():
+        raise ConfigError(f"no saved config at {path}")
+    return build_config(yaml.safe_load(path.read_text()) or {})

@@ -1,0 +1,244 @@
+"""The one configuration schema of ulfine: every key, its type, its default and its valid range.
+
+Presets (``configs/presets/*.yaml``) and command-line ``key=value`` overrides only state what
+differs from these defaults. Validation happens on load, before any work starts: unknown keys,
+wrong types and out-of-range values fail with a message that names the key.
+
+Defaults follow ``docs/method.md``: [B] values come from the FineSSL/LIFT recipes, [R] values
+are this project's reconstruction of what the ULFine paper leaves open.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# --------------------------------------------------------------------------------------- data
+UnlabeledOrder = Literal["consistent", "uniform", "reversed", "middle", "headtail"]
+
+
+class DataConfig(Section):
+    """Which dataset, where it lives, and how the long-tailed labeled/unlabeled split is built."""
+
+    dataset: str = Field("cifar10", description="dataset registry name (see `ulfine presets`)")
+    root: Path = Field(Path("data"), description="folder where datasets live")
+    download: bool = Field(False, description="use torchvision's downloader (connected machines)")
+    num_labeled_head: int | None = Field(
+        1500, ge=1, description="N_1: labeled images of the most frequent class"
+    )
+    num_unlabeled_head: int | None = Field(
+        3000,
+        ge=0,
+        description="M_1: unlabeled images of the most frequent class; null = the dataset's "
+        "natural unlabeled set (STL-10's 100k split; ImageNet-127's remaining images)",
+    )
+    imbalance_labeled: float = Field(100.0, ge=1.0, description="gamma_l = N_1 / N_K")
+    imbalance_unlabeled: float = Field(100.0, ge=1.0, description="gamma_u = M_1 / M_K")
+    unlabeled_order: UnlabeledOrder = Field(
+        "consistent", description="shape of the unlabeled class counts relative to the labeled"
+    )
+    labeled_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="instead of N_1/gamma_l: take this fraction of every class as labeled "
+        "(ImageNet-127's naturally long-tailed protocol)",
+    )
+    pin_last: bool = Field(True, description="pin N_K to floor(N_1/gamma) (ACR/USB/FineSSL)")
+    labeled_in_unlabeled: bool = Field(
+        False, description="the unlabeled set also contains the labeled images (ACR/FineSSL)"
+    )
+    selection: Literal["shuffle", "first"] = Field(
+        "shuffle", description="seeded shuffle per class, or the first indices per class (ACR)"
+    )
+    val_per_class: int = Field(
+        0, ge=0, description="held-out balanced validation images per class, from the train set"
+    )
+    image_size: int | None = Field(
+        None, ge=8, description="native size images are stored/augmented at (file datasets)"
+    )
+    num_workers: int = Field(2, ge=0, description="data-loader worker processes")
+    class_names: list[str] | None = Field(
+        None, description="override the dataset's class names (what CLIP reads)"
+    )
+
+
+# -------------------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    """The CLIP backbone: an open_clip architecture plus its weights."""
+
+    arch: str = Field("ViT-B-16", description="open_clip model name, or a registered tiny arch")
+    pretrained: str = Field(
+        "openai",
+        description="open_clip pretrained tag (openai, laion2b_s34b_b88k, ...), a local "
+        "weights file/folder, or 'none' for random weights (explicit only)",
+    )
+    cache_dir: Path | None = Field(None, description="open_clip / hub cache folder")
+    templates: list[str] = Field(
+        ["a photo of a {}."], min_length=1, description="text prompt templates (ensemble)"
+    )
+    text_cache_dir: Path | None = Field(
+        Path(".cache/ulfine/text"), description="cache for text prototypes; null disables"
+    )
+
+
+class PEFTConfig(Section):
+    """Options of the lightweight fine-tuning modules (used when ``finetune=lft``)."""
+
+    adaptformer_bottleneck: int = Field(64, ge=1)
+    adaptformer_scale: float = Field(0.1)
+    vpt_length: int = Field(10, ge=1, description="VPT-deep prompt tokens per layer")
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(8.0, gt=0)
+    lora_targets: list[Literal["qkv", "out"]] = Field(["qkv"], min_length=1)
+    last_k_blocks: int | None = Field(
+        None, ge=1, description="inject modules only in the last k residual blocks"
+    )
+
+
+# ---------------------------------------------------------------------------------- methods
+class SSLConfig(Section):
+    """FixMatch-style semi-supervised options shared by every SSL method [B]."""
+
+    tau: float = Field(0.7, ge=0.0, le=1.0, description="confidence threshold (0.7 for CLIP)")
+    mu: int = Field(1, ge=1, description="unlabeled batch = mu x labeled batch")
+    lambda_u: float = Field(1.0, ge=0.0, description="weight of the unlabeled loss")
+
+
+class LogitAdjustConfig(Section):
+    """fixmatch_la: logit-adjusted loss and prediction from the labeled prior."""
+
+    tau_la: float = Field(1.0, ge=0.0)
+
+
+class FineSSLConfig(Section):
+    """finessl: balanced margin softmax plus decoupled label smoothing [B]."""
+
+    margin_scale: float = Field(1.0, ge=0.0, description="scale of the log-prior margin")
+    label_smoothing: float = Field(0.5, ge=0.0, lt=1.0, description="smoothing of pseudo-labels")
+
+
+class ULFineConfig(Section):
+    """ULFine = PAF + DLF. Every [R] choice of docs/method.md is an option here."""
+
+    paf: bool = Field(True, description="Prototype Adaptive Fitting (momentum fitting)")
+    orth: bool = Field(True, description="orthogonality loss on the prototype classifier")
+    dlf: bool = Field(True, description="Dual Logit Fusion (else: prototype branch only)")
+    beta: float = Field(0.9, ge=0.0, le=1.0, description="visual prototype EMA momentum [R]")
+    mu_paf: float = Field(0.1, ge=0.0, le=1.0, description="base momentum of PAF [R]")
+    lambda_orth: float = Field(0.1, ge=0.0, description="orthogonality loss weight [R]")
+    tau_la: float = Field(1.0, ge=0.0, description="logit adjustment in DLF [R]")
+    w_dlf: float = Field(1.0, ge=0.0, description="weight of the prototype logits in DLF [R]")
+    prior: Literal["labeled", "labeled+pseudo"] = Field("labeled", description="DLF prior [R]")
+    pu_stat: Literal["confidence_sum", "count"] = Field(
+        "confidence_sum", description="statistic behind P_u [R]"
+    )
+    learnable_prototypes: bool = Field(
+        True, description="prototype classifier trained by gradient and fitted by momentum [R]"
+    )
+
+
+# ------------------------------------------------------------------------------ optim/train
+class OptimConfig(Section):
+    """Optimiser and schedule [B: SGD 0.03, momentum 0.9, wd 5e-4, cosine]."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.03, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation micro-steps")
+    clip_grad_norm: float | None = Field(None, gt=0.0)
+
+
+class TrainConfig(Section):
+    """The loop: budget, batch, precision, EMA, devices."""
+
+    epochs: int = Field(30, ge=0)
+    steps_per_epoch: int = Field(500, ge=1, description="iterations per epoch (infinite streams)")
+    batch_size: int = Field(32, ge=1, description="labeled batch (global, over all processes)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 where supported (CUDA), else fp32"
+    )
+    ema: float | None = Field(None, gt=0.0, lt=1.0, description="EMA decay of trainable weights")
+    compile: bool = Field(False, description="torch.compile the image tower")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(1, ge=1, description="save a resumable checkpoint every N epochs")
+    progress: bool = Field(True, description="progress bars")
+    max_steps: int | None = Field(
+        None, ge=1, description="stop after this many optimiser steps (tests, smoke runs)"
+    )
+
+
+class EvalConfig(Section):
+    """Honest evaluation: final model and mean of the last k evaluations, never best-on-test."""
+
+    every_epochs: int = Field(1, ge=1)
+    last_k: int = Field(3, ge=1, description="report the mean of the last k evaluations too")
+    batch_size: int = Field(256, ge=1)
+    group_rule: Literal["fraction", "count"] = Field(
+        "fraction",
+        description="fraction: classes ranked by labeled count, first head_fraction head, last "
+        "tail_fraction tail; count: head if N_k > head_min_count, tail if N_k < tail_max_count",
+    )
+    head_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    tail_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    head_min_count: int = Field(100, ge=0)
+    tail_max_count: int = Field(20, ge=0)
+    ece_bins: int = Field(15, ge=1)
+    pseudo_label_max: int | None = Field(
+        50000, ge=1, description="unlabeled images scored for pseudo-label diagnostics"
+    )
+    select_on: Literal["none", "val"] = Field(
+        "none", description="model selection: none (final model) or the validation split"
+    )
+
+    @model_validator(mode="after")
+    def _groups_fit(self) -> "EvalConfig":
+        if self.head_fraction + self.tail_fraction > 1.0:
+            raise ValueError("head_fraction + tail_fraction must be <= 1")
+        return self
+
+
+class CacheConfig(Section):
+    """On-disk feature cache for frozen towers (LP without augmentation, zero-shot)."""
+
+    features: bool = Field(True, description="cache image features of frozen towers")
+    dir: Path = Field(Path(".cache/ulfine/features"))
+
+
+# ---------------------------------------------------------------------------------- top level
+class Config(Section):
+    """A whole run. ``method``, ``finetune`` and ``peft`` are the three top-level choices."""
+
+    preset: str | None = Field(None, description="the preset this config came from")
+    method: str = Field("fixmatch", description="method registry name")
+    finetune: Literal["lp", "lft", "fft"] = Field("lft", description="which parameters train")
+    peft: Literal["adaptformer", "vpt", "lora", "bitfit"] = Field(
+        "adaptformer", description="LFT module (finetune=lft)"
+    )
+    seed: int = Field(0, ge=0)
+    output_dir: Path | None = Field(None, description="run folder (default runs/<preset>-<method>-<time>)")
+    resume: bool = Field(False, description="continue the run in output_dir from its checkpoint")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    peft_options: PEFTConfig = Field(default_factory=PEFTConfig)
+    ssl: SSLConfig = Field(default_factory=SSLConfig)
+    fixmatch_la: LogitAdjustConfig = Field(default_factory=LogitAdjustConfig)
+    finessl: FineSSLConfig = Field(default_factory=FineSSLConfig)
+    ulfine: ULFineConfig = Field(default_factory=ULFineConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
