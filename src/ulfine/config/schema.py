@@ -67,6 +67,11 @@ class DataConfig(Section):
         None, ge=8, description="native size images are stored/augmented at (file datasets)"
     )
     num_workers: int = Field(2, ge=0, description="data-loader worker processes")
+    augment: bool = Field(
+        True,
+        description="augment labeled images (weak view); false lets frozen-tower runs (LP "
+        "supervised, zero-shot) train on cached features",
+    )
     class_names: list[str] | None = Field(
         None, description="override the dataset's class names (what CLIP reads)"
     )

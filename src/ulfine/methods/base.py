@@ -88,7 +88,13 @@ class Method(nn.Module):
 
     # -- features ------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Image features in CLIP's joint space (not normalised)."""
+        """Image features in CLIP's joint space (not normalised).
+
+        A 2-D input is taken as features already computed by a frozen tower (the feature cache
+        used by LP without augmentation and by zero-shot) and returned as is.
+        """
+        if images.ndim == 2:
+            return images
         return self.backbone.encode_image(images)
 
     def ssl_features(
