@@ -233,6 +233,11 @@ class Config(Section):
     peft: Literal["adaptformer", "vpt", "lora", "bitfit"] = Field(
         "adaptformer", description="LFT module (finetune=lft)"
     )
+    head: Literal["prototype", "linear"] = Field(
+        "prototype",
+        description="baselines' classifier: cosine head initialised from the text prototypes "
+        "(FineSSL/LIFT) or a zero-initialised linear head",
+    )
     seed: int = Field(0, ge=0)
     output_dir: Path | None = Field(None, description="run folder (default runs/<preset>-<method>-<time>)")
     resume: bool = Field(False, description="continue the run in output_dir from its checkpoint")
