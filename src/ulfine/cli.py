@@ -1,0 +1,258 @@
+"""The ``ulfine`` command line: presets, splits, train, eval, demo, pretrain-micro.
+
+Heavy imports (torch, open_clip) happen inside the commands, so ``--help`` answers at once.
+Every user-facing failure is a :class:`~ulfine.errors.UlfineError` and is printed as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from .errors import UlfineError
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _preset_epilog() -> str:
+    from .config import list_presets
+
+    presets = list_presets()
+    if not presets:
+        return "No presets found."
+    width = max(len(name) for name in presets)
+    lines = [f"  {name:<{width}}  {desc}" for name, desc in presets.items()]
+    return "presets (configs/presets/):\n" + "\n".join(lines)
+
+
+def _override_help() -> str:
+    return textwrap.dedent(
+        """\
+        overrides are dotted key=value pairs validated against the config schema, e.g.
+          method=ulfine finetune=lft peft=adaptformer model.pretrained=openai
+          data.root=/datasets output_dir=runs/exp1 seed=1 ssl.tau=0.95 train.epochs=10
+        """
+    )
+
+
+# ---------------------------------------------------------------------------------- commands
+def cmd_presets(args: argparse.Namespace) -> int:
+    """List presets with their one-line descriptions."""
+    from rich.table import Table
+
+    from .config import list_presets, preset_dir
+
+    table = Table(title=f"presets in {preset_dir()}")
+    table.add_column("preset", style="bold")
+    table.add_column("description")
+    for name, desc in list_presets().items():
+        table.add_row(name, desc)
+    _console().print(table)
+    return 0
+
+
+def _split_counts(cfg: Any) -> dict[str, Any]:
+    from .data import plan_counts
+
+    plan = plan_counts(cfg.data)
+    return {"classes": list(plan.classes), "labeled": list(plan.labeled),
+            "unlabeled": None if plan.unlabeled is None else list(plan.unlabeled)}
+
+
+def cmd_splits(args: argparse.Namespace) -> int:
+    """Per-class labeled/unlabeled counts of a preset, planned (and realised if data exists)."""
+    from .config import load_config
+
+    cfg = load_config(args.preset, args.overrides)
+    counts = _split_counts(cfg)
+    if args.json:
+        print(json.dumps(counts))
+        return 0
+
+    from rich.table import Table
+
+    realised = None
+    note = ""
+    if not args.no_data:
+        from .data import build_ssl_data, realised_counts
+        from .errors import DataError
+
+        try:
+            realised = realised_counts(build_ssl_data(cfg.data, cfg.seed))
+        except DataError as exc:
+            note = f"realised split not shown: {exc}"
+
+    d = cfg.data
+    title = (f"{cfg.preset or d.dataset}: dataset={d.dataset} N1={d.num_labeled_head} "
+             f"M1={d.num_unlabeled_head} gamma_l={d.imbalance_labeled:g} "
+             f"gamma_u={d.imbalance_unlabeled:g} order={d.unlabeled_order}")
+    table = Table(title=title)
+    table.add_column("k", justify="right")
+    table.add_column("class")
+    table.add_column("labeled", justify="right")
+    table.add_column("unlabeled", justify="right")
+    if realised is not None:
+        table.add_column("realised labeled", justify="right")
+        table.add_column("realised unlabeled*", justify="right")
+    unl = counts["unlabeled"]
+    for k, name in enumerate(counts["classes"]):
+        row = [str(k), name, str(counts["labeled"][k]), "natural" if unl is None else str(unl[k])]
+        if realised is not None:
+            row += [str(realised["labeled"][k]), str(realised["unlabeled"][k])]
+        table.add_row(*row)
+    total_u = "natural set" if unl is None else str(sum(unl))
+    table.caption = f"total labeled {sum(counts['labeled'])}, unlabeled {total_u}"
+    if realised is not None:
+        table.caption += "  (*unlabeled ground truth, shown for diagnostics only)"
+    console = _console()
+    console.print(table)
+    if note:
+        console.print(f"[dim]{note}[/dim]")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a method on a preset; writes a run folder."""
+    from .config import load_config
+    from .engine import train
+
+    cfg = load_config(args.preset, args.overrides)
+    run_dir = train(cfg)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Re-evaluate a finished run on its test (or validation) split."""
+    from .engine import evaluate_run
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UlfineError(f"run folder {run_dir} does not exist")
+    metrics = evaluate_run(run_dir, split=args.split)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        g = metrics.get("group_acc", {})
+        print(f"{args.split}: overall {metrics['overall_acc']:.4f}  balanced "
+              f"{metrics['balanced_acc']:.4f}  head {g.get('head', float('nan')):.4f}  medium "
+              f"{g.get('medium', float('nan')):.4f}  tail {g.get('tail', float('nan')):.4f}  "
+              f"ece {metrics['ece']:.4f}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the offline demo on the micro world and print the comparison table."""
+    from .micro.demo import run_demo
+
+    run_demo(Path(args.out), quick=args.quick)
+    return 0
+
+
+def cmd_pretrain_micro(args: argparse.Namespace) -> int:
+    """Pretrain the tiny CLIP on the procedural captioned-image world."""
+    from .micro.pretrain import pretrain
+
+    path = pretrain(Path(args.out), steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    print(f"weights written to {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    from . import __version__
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="ulfine",
+        description="Foundation-model-assisted long-tailed semi-supervised learning: ULFine and "
+        "its baselines on CLIP.",
+        formatter_class=fmt,
+    )
+    parser.add_argument("--version", action="version", version=f"ulfine {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("presets", help="list the configuration presets",
+                       description="List the presets under configs/presets/.")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser(
+        "splits", help="per-class labeled/unlabeled counts of a preset", formatter_class=fmt,
+        description="Per-class labeled and unlabeled counts, head to tail. Counts need no "
+        "dataset on disk; when the dataset is present the realised split is shown too.",
+        epilog=_override_help(),
+    )
+    p.add_argument("preset", help="preset name (see `ulfine presets`) or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--json", action="store_true",
+                   help='print exactly {"classes": [...], "labeled": [...], "unlabeled": [...]}')
+    p.add_argument("--no-data", action="store_true", help="do not look for the dataset on disk")
+    p.set_defaults(func=cmd_splits)
+
+    p = sub.add_parser(
+        "train", help="train a method on a preset", formatter_class=fmt,
+        description="Train METHOD (method=...) with a fine-tuning strategy (finetune=lp|lft|fft, "
+        "peft=adaptformer|vpt|lora|bitfit) on PRESET. Writes config.yaml, split.json, "
+        "checkpoints, TensorBoard logs, metrics.jsonl and final_metrics.json to the run folder.",
+        epilog=_override_help() + "\n" + _preset_epilog(),
+    )
+    p.add_argument("preset", help="preset name (see `ulfine presets`) or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="re-evaluate a finished run",
+                       description="Reload RUN_DIR's config and weights and evaluate them.")
+    p.add_argument("run_dir", help="a run folder written by `ulfine train`")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--json", action="store_true", help="print all metrics as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "demo", help="offline demo: zero-shot vs LP/LFT/FFT FixMatch vs ULFine on the micro world",
+        description="Loads the shipped micro-CLIP weights and compares methods on the micro-world "
+        "long-tailed task; prints a table and writes a report folder.",
+    )
+    p.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "pretrain-micro", help="pretrain the tiny CLIP on the procedural captioned-image world",
+        description="Contrastive pretraining of the ulfine-micro-vit architecture; writes "
+        "safetensors weights usable as model.pretrained=<file>.",
+    )
+    p.add_argument("--out", default="runs/micro_clip.safetensors", help="output weights file")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: as shipped)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: as shipped)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_pretrain_micro)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ulfine`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UlfineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
