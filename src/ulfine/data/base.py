@@ -1,0 +1,147 @@
+"""The contract every dataset source fulfils, and the dataset registry.
+
+A source reads one dataset in its real on-disk format and returns a :class:`SourceData`: class
+names, a train pool (labels known; the split engine draws labeled, unlabeled and validation
+images from it), a balanced test set, and optionally a natural unlabeled set (STL-10's 100k
+split, a user's ``unlabeled/`` folder) whose labels are -1 when unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
+UNKNOWN_LABEL = -1
+
+
+class StoredArray:
+    """A uint8 image array kept on disk (np.memmap) and read one image at a time.
+
+    Why: STL-10's 100k unlabeled images are 2.7 GB; they must not be loaded into RAM, and a
+    data-loader worker must reopen the file rather than receive a pickled copy. ``layout``
+    maps the stored axes to (N, H, W, C): e.g. STL-10 stores (N, C, W, H), so ``(0, 3, 2, 1)``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        shape: tuple[int, ...],
+        layout: tuple[int, ...] = (0, 1, 2, 3),
+        offset: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        self.stored_shape = tuple(int(s) for s in shape)
+        self.layout = tuple(layout)
+        self.offset = int(offset)
+        self._map: np.ndarray | None = None
+
+    def _array(self) -> np.ndarray:
+        if self._map is None:
+            raw = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset,
+                            shape=self.stored_shape)
+            self._map = raw.transpose(self.layout)
+        return self._map
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.stored_shape[a] for a in self.layout)
+
+    def __len__(self) -> int:
+        return self.stored_shape[0]
+
+    def __getitem__(self, index: object) -> np.ndarray:
+        return np.asarray(self._array()[index])
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_map"] = None  # workers reopen the file instead of copying it
+        return state
+
+
+@dataclass
+class ImageSet:
+    """Images of one role and their labels.
+
+    ``images`` is either a uint8 array (N, H, W, 3) RGB at native resolution (CIFAR, STL-10,
+    Fashion-MNIST converted to 3 channels, the micro world), a :class:`StoredArray` of that
+    shape kept on disk (STL-10's unlabeled split), or a sequence of image file paths
+    decoded lazily (image folders, ImageNet-127). ``labels`` holds ground truth where known and
+    UNKNOWN_LABEL (-1) otherwise. For unlabeled roles the labels are for diagnostics only: the
+    training loader never returns them.
+    """
+
+    images: np.ndarray | Sequence[Path]
+    labels: np.ndarray
+    image_size: int | None = None  # resize file images to this square size on load
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> np.ndarray:
+        """Image ``index`` as uint8 (H, W, 3) RGB."""
+        if isinstance(self.images, (np.ndarray, StoredArray)):
+            return np.ascontiguousarray(self.images[index])
+        from PIL import Image
+
+        with Image.open(self.images[index]) as img:
+            img = img.convert("RGB")
+            if self.image_size is not None and img.size != (self.image_size, self.image_size):
+                img = img.resize((self.image_size, self.image_size), Image.BICUBIC)
+            return np.asarray(img, dtype=np.uint8)
+
+    def subset(self, indices: np.ndarray) -> ImageSet:
+        """The images at ``indices`` (order kept)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if isinstance(self.images, (np.ndarray, StoredArray)):
+            images: np.ndarray | list[Path] = np.asarray(self.images[indices])
+        else:
+            images = [self.images[i] for i in indices]
+        return ImageSet(images, self.labels[indices], self.image_size)
+
+
+@dataclass
+class SourceData:
+    """Everything a dataset source read from disk."""
+
+    name: str
+    class_names: list[str]
+    train: ImageSet
+    test: ImageSet
+    unlabeled: ImageSet | None = None  # a natural unlabeled set, if the dataset has one
+    native_size: int = 32  # square size images are stored/augmented at
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class DatasetSpec:
+    """A registered dataset: static facts (known without files on disk) plus its reader."""
+
+    name: str
+    num_classes: int
+    class_names: list[str] | None  # None when only the files know them (ImageNet-127, folders)
+    native_size: int | None
+    has_natural_unlabeled: bool
+    description: str
+    reader: "object" = field(repr=False, default=None)  # Callable[[DataConfig], SourceData]
+    # per-class size of the train pool when static (CIFAR: 5000 each); lets plan_counts resolve
+    # labeled_fraction / "all labeled" / "the rest unlabeled" without files on disk
+    train_counts: list[int] | None = None
+
+    def load(self, cfg: "DataConfig") -> SourceData:
+        """Read the dataset from ``cfg.root`` (failing with a DataError that says where it looked)."""
+        return self.reader(cfg)  # type: ignore[operator]
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")

@@ -1,0 +1,113 @@
+"""Views work at native size; DeviceNormalizer resizes and normalises; the batch streams are
+identical across worker counts, resumes and ranks."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from ulfine.config import DataConfig
+from ulfine.data import DeviceNormalizer, build_ssl_data, eval_batches, ssl_batches, strong_view, weak_view
+from ulfine.data.views import crop_padding
+
+
+@pytest.fixture(scope="module")
+def data():
+    cfg = DataConfig(dataset="synthetic10", num_labeled_head=20, num_unlabeled_head=40,
+                     imbalance_labeled=10, imbalance_unlabeled=10)
+    return build_ssl_data(cfg, seed=0)
+
+
+def take(it, n):
+    return list(itertools.islice(it, n))
+
+
+def same(a, b):
+    for f in ("x_l", "y_l", "u_w", "u_s", "idx_u"):
+        x, y = getattr(a, f), getattr(b, f)
+        assert (x is None and y is None) or torch.equal(x, y), f
+
+
+def test_padding_rule():
+    assert [crop_padding(s) for s in (32, 224, 96, 28)] == [4, 28, 12, 3]
+
+
+def test_views_keep_native_size_and_strong_differs():
+    img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8))
+    torch.manual_seed(0)
+    w = weak_view(32)(img)
+    torch.manual_seed(0)
+    s = strong_view(32)(img)
+    assert w.shape == s.shape == (3, 32, 32) and w.dtype == s.dtype == torch.uint8
+    assert not torch.equal(w, s)  # same crop/flip draws, then RandAugment changes pixels
+
+
+def test_device_normalizer_value_and_shape():
+    norm = DeviceNormalizer(2, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0), interpolation="bicubic")
+    x = torch.tensor([[[[255, 0], [51, 102]]] * 3], dtype=torch.uint8)  # (1, 3, 2, 2)
+    out = norm(x)
+    assert out.dtype == torch.float32 and out.shape == (1, 3, 2, 2)
+    # channel 0: (255/255 - 0.5)/0.5 = 1; (51/255 - 0.5)/0.5 = -0.6; channel 1: (0 - .25)/.25 = -1
+    assert out[0, 0, 0, 0].item() == pytest.approx(1.0)
+    assert out[0, 0, 1, 0].item() == pytest.approx(-0.6)
+    assert out[0, 1, 0, 1].item() == pytest.approx(-1.0)
+    assert out[0, 2, 1, 1].item() == pytest.approx(0.4)
+    up = DeviceNormalizer(64, (0.5,) * 3, (0.5,) * 3)(torch.full((2, 3, 32, 32), 255, dtype=torch.uint8))
+    assert up.shape == (2, 3, 64, 64) and torch.allclose(up, torch.ones_like(up))  # clamped overshoot
+    # downsampling is antialiased: it matches PIL's bicubic resize (a plain bicubic is off by ~0.5)
+    from PIL import Image
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    pil = np.asarray(Image.fromarray(img).resize((16, 16), Image.BICUBIC)).astype(np.float32) / 255
+    down = DeviceNormalizer(16, (0.0,) * 3, (1.0,) * 3)(torch.from_numpy(img).permute(2, 0, 1)[None])
+    assert np.abs(down[0].permute(1, 2, 0).numpy() - pil).max() < 0.01
+
+
+def test_batch_contents(data):
+    b = next(ssl_batches(data, batch_size=8, mu=2, seed=0))
+    assert b.x_l.shape == (8, 3, 32, 32) and b.x_l.dtype == torch.uint8
+    assert b.u_w.shape == b.u_s.shape == (16, 3, 32, 32) and b.idx_u.shape == (16,)
+    assert not hasattr(b, "y_u") and b.step == 0
+    assert not torch.equal(b.u_w, b.u_s)
+    plain = next(ssl_batches(data, 8, 1, seed=0, augment=False, unlabeled=False))
+    assert plain.u_w is None and plain.idx_u is None
+    for x, y in zip(plain.x_l, plain.y_l):  # test view: exactly a stored labeled image
+        hits = [i for i in range(len(data.labeled)) if np.array_equal(data.labeled.load(i), x.permute(1, 2, 0).numpy())]
+        assert hits and int(data.labeled.labels[hits[0]]) == int(y)
+
+
+def test_epoch_covers_labeled_set_once(data):
+    n = len(data.labeled)  # 71 labeled images; batch 71 -> one epoch per step
+    b = next(ssl_batches(data, batch_size=n, mu=1, seed=3, augment=False, unlabeled=False))
+    assert sorted(b.y_l.tolist()) == sorted(data.labeled.labels.tolist())
+
+
+def test_workers_resume_and_ranks_agree(data):
+    ref = take(ssl_batches(data, 8, 2, seed=5, num_workers=0), 4)
+    for a, b in zip(ref, take(ssl_batches(data, 8, 2, seed=5, num_workers=2), 4)):
+        same(a, b)
+    resumed = next(ssl_batches(data, 8, 2, seed=5, start_step=3))
+    same(resumed, ref[3])
+    assert resumed.step == 3
+    r0 = take(ssl_batches(data, 8, 2, seed=5, rank=0, world_size=2), 2)
+    r1 = take(ssl_batches(data, 8, 2, seed=5, rank=1, world_size=2), 2)
+    for g, a, b in zip(ref, r0, r1):
+        assert a.x_l.shape[0] == 4 and a.u_w.shape[0] == 8
+        for f in ("x_l", "y_l", "u_w", "u_s", "idx_u"):
+            assert torch.equal(torch.cat([getattr(a, f), getattr(b, f)]), getattr(g, f)), f
+    other = next(ssl_batches(data, 8, 2, seed=6))
+    assert not torch.equal(other.x_l, ref[0].x_l)
+
+
+def test_eval_batches_shards(data):
+    full = list(eval_batches(data.test, 64))
+    assert [len(b[0]) for b in full] == [64, 64, 64, 8]
+    idx = torch.cat([b[2] for b in full])
+    assert idx.tolist() == list(range(200))
+    assert torch.equal(torch.cat([b[1] for b in full]), torch.tensor(data.test.labels))
+    assert torch.equal(full[0][0][5].permute(1, 2, 0), torch.tensor(data.test.load(5)))
+    shards = [torch.cat([b[2] for b in eval_batches(data.test, 50, rank=r, world_size=3, num_workers=1)])
+              for r in range(3)]
+    assert torch.cat(shards).tolist() == list(range(200))
