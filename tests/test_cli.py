@@ -1,0 +1,124 @@
+"""The command line: presets, splits, help texts, and one-line errors without tracebacks."""
+
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ulfine.cli import build_parser, main
+from ulfine.config import list_presets
+from ulfine.data.splits import class_counts
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_standard_setting_has_a_preset():
+    names = set(list_presets())
+    for n1, m1, gammas in [(1500, 3000, (100, 150)), (500, 4000, (100, 150))]:
+        for g in gammas:
+            for order in ("consistent", "uniform", "reversed"):
+                assert f"cifar10_n{n1}_m{m1}_g{g}_{order}" in names
+    for n1, m1, gammas in [(150, 300, (10, 15)), (50, 400, (10, 20))]:
+        for g in gammas:
+            for order in ("consistent", "uniform", "reversed"):
+                assert f"cifar100_n{n1}_m{m1}_g{g}_{order}" in names
+    assert {"stl10_n150_g10", "stl10_n450_g20"} <= names
+    assert any(n.startswith("imagenet127") for n in names)
+
+
+def test_train_help_lists_every_preset(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["train", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for name in list_presets():
+        assert name in out
+    assert "method=ulfine" in out
+
+
+def test_splits_json_is_exactly_the_planned_counts(capsys):
+    code, out, _ = run_cli(capsys, "splits", "cifar10_n1500_m3000_g100_reversed", "--json")
+    assert code == 0
+    payload = json.loads(out)
+    assert list(payload) == ["classes", "labeled", "unlabeled"]
+    assert payload["classes"][0] == "airplane" and len(payload["classes"]) == 10
+    assert payload["labeled"] == class_counts(1500, 10, 100) == [1500, 899, 539, 323, 193, 116, 69, 41, 25, 15]
+    assert payload["unlabeled"] == class_counts(3000, 10, 100)[::-1]
+
+
+def test_splits_json_applies_overrides(capsys):
+    code, out, _ = run_cli(
+        capsys, "splits", "cifar100_n150_m300_g10_consistent", "data.unlabeled_order=uniform", "--json"
+    )
+    payload = json.loads(out)
+    assert code == 0 and len(payload["labeled"]) == 100
+    assert payload["labeled"][0] == 150 and payload["labeled"][-1] == 15
+    assert payload["unlabeled"] == [300] * 100
+
+
+def test_splits_table_reports_the_realised_split_when_data_is_present(capsys, tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    per_batch = 40  # 200 train images, 20 per class
+    for b in range(1, 6):
+        labels = (np.arange(per_batch) % 10).tolist()
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        (base / f"data_batch_{b}").write_bytes(pickle.dumps({"labels": labels, "data": data}))
+    (base / "test_batch").write_bytes(
+        pickle.dumps({"labels": list(range(10)), "data": rng.integers(0, 256, (10, 3072), dtype=np.uint8)})
+    )
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    code, out, err = run_cli(
+        capsys, "splits", "cifar10_n1500_m3000_g100_consistent", f"data.root={tmp_path}",
+        "data.num_labeled_head=10", "data.num_unlabeled_head=8", "data.imbalance_labeled=10",
+        "data.imbalance_unlabeled=8",
+    )
+    assert code == 0, err
+    assert "realised labeled" in out
+    # the realised labeled column repeats the planned counts 10 .. 1
+    rows = [line for line in out.splitlines() if line.startswith("│ 9 ")]
+    assert rows and rows[0].split("│")[3].strip() == "1" and rows[0].split("│")[5].strip() == "1"
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["splits", "no_such_preset"], "unknown preset 'no_such_preset'"),
+        (["splits", "cifar10_n1500_m3000_g100_consistent", "data.gamma=3"], "unknown key 'data.gamma'"),
+        (["splits", "cifar10_n1500_m3000_g100_consistent", "data.imbalance_labeled=0.5"],
+         "data.imbalance_labeled"),
+        (["train", "cifar10_n1500_m3000_g100_consistent", "ssl.tau=2"], "ssl.tau"),
+        (["eval", "/no/such/run"], "does not exist"),
+    ],
+)
+def test_bad_input_gets_one_line_error(capsys, argv, expected):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert err.startswith("error: ") and expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_and_truncated_dataset_files_are_one_line_errors(tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "ulfine.cli", *args], capture_output=True,
+                              text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""}, timeout=120)
+
+    missing = cli("train", "cifar10_n1500_m3000_g100_consistent", f"data.root={tmp_path}",
+                  "model.arch=ulfine-micro-vit", "model.pretrained=none", "train.progress=false")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "cifar-10-batches-py" in missing.stderr and str(tmp_path) in missing.stderr
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    (base / "data_batch_1").write_bytes(pickle.dumps({"labels": [0] * 10, "data": np.zeros((10, 3072), np.uint8)})[:50])
+    truncated = cli("train", "cifar10_n1500_m3000_g100_consistent", f"data.root={tmp_path}",
+                    "model.arch=ulfine-micro-vit", "model.pretrained=none", "train.progress=false")
+    assert truncated.returncode == 2 and "Traceback" not in truncated.stderr
+    assert truncated.stderr.startswith("error: ") and truncated.stderr.count("\n") == 1
