@@ -1,0 +1,35 @@
+"""CLIP backbones (open_clip), fine-tuning strategies, text prototypes and heads.
+
+Importing this package registers ulfine's tiny architecture ``ulfine-micro-vit`` into open_clip.
+"""
+
+from .archs import MICRO_ARCH, register_archs
+from .backbone import BACKBONES, CLIPBackbone, PreprocessConfig, build_backbone
+from .finetune import FINETUNE_MODES, ParamSummary, apply_finetune, count_parameters
+from .heads import LinearHead, PrototypeHead
+from .peft import PEFT_MODULES
+from .text import text_prototypes
+from .weights import MICRO_WEIGHTS, WeightSource, resolve_weights
+from .zeroshot import zero_shot_logits
+
+register_archs()
+
+__all__ = [
+    "BACKBONES",
+    "CLIPBackbone",
+    "FINETUNE_MODES",
+    "LinearHead",
+    "MICRO_ARCH",
+    "MICRO_WEIGHTS",
+    "PEFT_MODULES",
+    "ParamSummary",
+    "PreprocessConfig",
+    "PrototypeHead",
+    "WeightSource",
+    "apply_finetune",
+    "build_backbone",
+    "count_parameters",
+    "resolve_weights",
+    "text_prototypes",
+    "zero_shot_logits",
+]

@@ -1,0 +1,43 @@
+"""Classifier heads on joint-space features; separate modules so methods can combine them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LinearHead(nn.Module):
+    """``W f + b``; zero-initialised by default so training starts from uniform logits."""
+
+    def __init__(self, dim: int, num_classes: int, zero_init: bool = True) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, num_classes)
+        if zero_init:
+            nn.init.zeros_(self.fc.weight)
+            nn.init.zeros_(self.fc.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features)
+
+
+class PrototypeHead(nn.Module):
+    """Cosine classifier ``s * normalise(f) @ normalise(C)^T`` (FineSSL/LIFT, ULFine's branch).
+
+    ``prototypes`` (K,D), e.g. text prototypes, become a Parameter when ``learnable`` and a
+    buffer otherwise; ``logit_scale`` is the fixed temperature ``s`` (CLIP's exp(logit_scale)).
+    """
+
+    def __init__(self, prototypes: torch.Tensor, logit_scale: float, learnable: bool = True) -> None:
+        super().__init__()
+        init = prototypes.detach().clone().float()
+        if learnable:
+            self.prototypes = nn.Parameter(init)
+        else:
+            self.register_buffer("prototypes", init)
+        self.logit_scale = float(logit_scale)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        f = F.normalize(features.float(), dim=-1)
+        c = F.normalize(self.prototypes, dim=-1)
+        return self.logit_scale * f @ c.t()

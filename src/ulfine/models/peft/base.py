@@ -1,0 +1,37 @@
+"""What every lightweight fine-tuning (LFT) module needs: the registry and the ViT's blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from open_clip.transformer import VisionTransformer
+from torch import nn
+
+from ...config.schema import PEFTConfig
+from ...errors import ConfigError
+from ...registry import Registry
+
+# name -> inject(visual, opts): adds trainable modules / unfreezes parameters in place.
+PEFT_MODULES: Registry[Callable[[nn.Module, PEFTConfig], None]] = Registry("PEFT module")
+
+
+def vit_blocks(visual: nn.Module, last_k: int | None = None) -> list[nn.Module]:
+    """The residual blocks of an open_clip ViT tower (only the last ``last_k`` when given)."""
+    if not isinstance(visual, VisionTransformer):
+        raise ConfigError(
+            f"finetune=lft needs an open_clip VisionTransformer image tower, got "
+            f"{type(visual).__name__}; use finetune=lp or finetune=fft with this model.arch"
+        )
+    if not getattr(visual.transformer, "batch_first", True):
+        raise ConfigError("finetune=lft needs a batch-first open_clip transformer")
+    blocks = list(visual.transformer.resblocks)
+    if last_k is not None:
+        if last_k > len(blocks):
+            raise ConfigError(f"peft_options.last_k_blocks={last_k} but the tower has {len(blocks)} blocks")
+        blocks = blocks[-last_k:]
+    return blocks
+
+
+def like(weight: nn.Parameter) -> dict:
+    """Factory kwargs so injected parameters match the tower's device and dtype."""
+    return {"device": weight.device, "dtype": weight.dtype}

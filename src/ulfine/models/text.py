@@ -1,0 +1,75 @@
+"""Class prototypes from the frozen text tower: encoded once, cached on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .backbone import CLIPBackbone
+
+log = logging.getLogger(__name__)
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+def prompts_for(class_name: str, templates: Sequence[str]) -> list[str]:
+    """``air_plane`` -> ``a photo of a air plane.`` for every template."""
+    name = class_name.replace("_", " ")
+    return [t.format(name) for t in templates]
+
+
+def _weights_identity(backbone: CLIPBackbone) -> str:
+    """Random ('none') weights differ per seed, so they are named by their text-tower content."""
+    if not backbone.weights_id.startswith("none:"):
+        return backbone.weights_id
+    h = hashlib.sha256()
+    for name, p in sorted((n, p) for n, p in backbone.clip.named_parameters() if not n.startswith("visual.")):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return f"{backbone.weights_id}:{h.hexdigest()[:16]}"
+
+
+def prototype_cache_key(backbone: CLIPBackbone, class_names: Sequence[str], templates: Sequence[str]) -> str:
+    """Hash of everything the prototypes depend on: arch, weights, class names, templates."""
+    blob = json.dumps(
+        {"arch": backbone.arch, "weights": _weights_identity(backbone), "classes": list(class_names), "templates": list(templates)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def text_prototypes(
+    backbone: CLIPBackbone,
+    class_names: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    cache_dir: str | Path | None = None,
+) -> torch.Tensor:
+    """(K,D) L2-normalised class prototypes: per class, the renormalised mean of the normalised
+    features of every template (CLIP's prompt ensemble). Cached as safetensors in ``cache_dir``
+    so repeated runs do not re-encode; the result is float32 on the backbone's device."""
+    if not class_names or not templates:
+        raise ValueError("text_prototypes needs at least one class name and one template")
+    device = next(backbone.visual.parameters()).device
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{prototype_cache_key(backbone, class_names, templates)}.safetensors"
+        if path.is_file():
+            log.info("text prototypes from cache %s", path)
+            return load_file(str(path))["prototypes"].to(device)
+    with torch.no_grad():
+        texts = [p for name in class_names for p in prompts_for(name, templates)]
+        feats = backbone.encode_text(texts).float().view(len(class_names), len(templates), -1)
+        protos = F.normalize(F.normalize(feats, dim=-1).mean(dim=1), dim=-1)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"prototypes": protos.detach().cpu().contiguous()}, str(tmp), metadata={"arch": backbone.arch, "classes": json.dumps(list(class_names))})
+        os.replace(tmp, path)
+    return protos.to(device)
