@@ -1,0 +1,6 @@
+"""ULFine (arXiv 2505.05062): PAF + DLF. Importing this package registers ``ulfine`` in METHODS."""
+
+from . import dlf, paf
+from .method import ULFine
+
+__all__ = ["ULFine", "dlf", "paf"]

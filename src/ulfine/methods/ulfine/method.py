@@ -1,0 +1,235 @@
+"""ULFine = Prototype Adaptive Fitting (PAF) + Dual Logit Fusion (DLF), registered as ``ulfine``.
+
+The method only says how logits, losses and predictions are computed and what state PAF keeps;
+the engine runs the loop and calls :meth:`after_optimizer_step` after every optimiser step.
+The equations live in :mod:`.paf` and :mod:`.dlf`; docs/method.md marks each [P]/[R].
+
+State (registered buffers, so the engine's checkpoints carry them):
+
+- ``text_anchor`` (K, D): the frozen text prototypes, for the angle diagnostics.
+- ``visual_prototypes`` (K, D): C_v, EMA of labeled per-class mean features.
+- ``memory_label`` / ``memory_conf`` (N_u,): latest confident pseudo-label of every unlabeled
+  sample and its confidence (-1 / 0 when the latest visit was not confident).
+- ``alpha`` (K,): the momentum of the last fitting step (diagnostics).
+
+Across processes the labeled feature sums are all-reduced and the pseudo-labels all-gathered
+before each update, so every process holds the same PAF state and the momentum fitting moves the
+prototype parameter identically everywhere (DDP only synchronises gradients).
+
+The prototype classifier C_t lives in ``prototype_head`` (learnable by default, initialised from
+the text prototypes) and the linear branch in ``linear_head`` (absent when ``ulfine.dlf=false``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..base import METHODS, Method, MethodContext, PseudoLabels, SSLBatch, StepOutput
+from ..losses import cross_entropy, masked_consistency, pseudo_label
+from . import dlf, paf
+
+if TYPE_CHECKING:
+    from ...config import Config
+    from torch import nn
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (identity in a single process)."""
+    if _distributed():
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def _all_gather(t: torch.Tensor) -> torch.Tensor:
+    """Concatenation over processes, rank order (identity in a single process).
+
+    Every process holds an equal slice of the global batch (the engine checks divisibility).
+    """
+    if not _distributed():
+        return t
+    t = t.contiguous()
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t)
+    return torch.cat(parts)
+
+
+@METHODS.register("ulfine")
+class ULFine(Method):
+    """ULFine on any fine-tuning strategy: PAF-fitted prototype classifier + DLF with a linear branch."""
+
+    name = "ulfine"
+    uses_unlabeled = True
+
+    def __init__(self, cfg: "Config", backbone: "nn.Module", ctx: MethodContext) -> None:
+        super().__init__(cfg, backbone, ctx)
+        from ...models.heads import LinearHead, PrototypeHead
+
+        self.opts = cfg.ulfine
+        k = ctx.num_classes
+        text = F.normalize(ctx.text_prototypes.detach().float(), dim=-1)
+        # initialised from ctx.text_prototypes exactly as the fixmatch baseline's head, so that
+        # ULFine with every switch off reproduces it bit for bit
+        self.prototype_head = PrototypeHead(
+            ctx.text_prototypes, ctx.logit_scale, learnable=self.opts.learnable_prototypes
+        )
+        self.linear_head = LinearHead(ctx.feature_dim, k) if self.opts.dlf else None
+        self.register_buffer("text_anchor", text.clone())
+        self.register_buffer("visual_prototypes", text.clone())
+        self.register_buffer(
+            "memory_label", torch.full((ctx.num_unlabeled,), paf.NO_PSEUDO_LABEL, dtype=torch.long)
+        )
+        self.register_buffer("memory_conf", torch.zeros(ctx.num_unlabeled))
+        self.register_buffer("labeled_counts", ctx.labeled_counts.detach().float().clone())
+        self.register_buffer("alpha", torch.zeros(k))
+
+    # -- prototypes ---------------------------------------------------------------------------
+    @property
+    def prototypes(self) -> torch.Tensor:
+        """C_t, the prototype classifier's weights (parameter or buffer, not normalised)."""
+        return self.prototype_head.prototypes
+
+    def pseudo_label_counts(self) -> torch.Tensor:
+        """(K,) number of unlabeled samples whose memory holds a confident pseudo-label of class k."""
+        return paf.pseudo_label_distribution(
+            self.memory_label, self.memory_conf, self.ctx.num_classes, "count"
+        )
+
+    def prior(self) -> torch.Tensor:
+        """pi of DLF's logit adjustment: labeled prior, or labeled + confident pseudo-labels [R]."""
+        pseudo = self.pseudo_label_counts() if self.opts.prior == "labeled+pseudo" else None
+        return dlf.class_prior(self.labeled_counts, pseudo)
+
+    # -- logits ---------------------------------------------------------------------------------
+    def branch_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of each branch for raw features: ``prototype`` (z^t), and with DLF ``linear``
+        (z^l) and ``fused`` (z^f). ``decision`` is what pseudo-labels and predictions use."""
+        out = {"prototype": self.prototype_head(features)}
+        if self.linear_head is None:
+            out["decision"] = out["prototype"]
+            return out
+        out["linear"] = self.linear_head(features)
+        out["fused"] = dlf.fused_logits(
+            out["linear"], out["prototype"], self.prior(), self.opts.tau_la, self.opts.w_dlf
+        )
+        out["decision"] = out["fused"]
+        return out
+
+    def _branch_heads(self) -> list[tuple[str, "nn.Module"]]:
+        heads: list[tuple[str, nn.Module]] = [("prototype", self.prototype_head)]
+        if self.linear_head is not None:
+            heads.insert(0, ("linear", self.linear_head))
+        return heads
+
+    # -- training -------------------------------------------------------------------------------
+    def training_step(self, batch: SSLBatch) -> StepOutput:
+        """L = sum over branches of [L_s + lambda_u L_u] + lambda_orth L_orth; pseudo-labels from z^f."""
+        f_l, f_uw, f_us = self.ssl_features(batch)
+        logs: dict[str, float | torch.Tensor] = {}
+        heads = self._branch_heads()
+
+        loss_s = f_l.new_zeros((), dtype=torch.float32)
+        with torch.no_grad():
+            decision_l = self.branch_logits(f_l.detach())["decision"]
+            logs["acc_l"] = (decision_l.argmax(-1) == batch.y_l).float().mean()
+        for name, head in heads:
+            z = head(f_l)
+            term = cross_entropy(z, batch.y_l)
+            loss_s = loss_s + term
+            logs[f"loss_s_{name}"] = term.detach()
+            logs[f"acc_labeled_{name}"] = (z.detach().argmax(-1) == batch.y_l).float().mean()
+        loss = loss_s
+        logs["loss_s"] = loss_s.detach()
+
+        if self.opts.paf:
+            with torch.no_grad():
+                sums, counts = paf.class_feature_sums(f_l, batch.y_l, self.ctx.num_classes)
+                sums, counts = _all_reduce_sum(sums), _all_reduce_sum(counts)
+                self.visual_prototypes.copy_(
+                    paf.ema_visual_prototypes(self.visual_prototypes, sums, counts, self.opts.beta)
+                )
+
+        pseudo: PseudoLabels | None = None
+        if f_uw is not None and f_us is not None:
+            with torch.no_grad():
+                weak = self.branch_logits(f_uw)["decision"]
+            label, confidence, mask = pseudo_label(weak, self.cfg.ssl.tau)
+            loss_u = f_l.new_zeros((), dtype=torch.float32)
+            for name, head in heads:
+                term = masked_consistency(head(f_us), label, mask)
+                loss_u = loss_u + term
+                logs[f"loss_u_{name}"] = term.detach()
+            loss = loss + self.cfg.ssl.lambda_u * loss_u
+            logs["loss_u"] = loss_u.detach()
+            logs["mask_rate"] = mask.mean()
+            if batch.idx_u is not None:
+                with torch.no_grad():
+                    # every process records every process's samples: PAF state stays identical
+                    paf.update_pseudo_label_memory(
+                        self.memory_label, self.memory_conf, _all_gather(batch.idx_u),
+                        _all_gather(label), _all_gather(confidence), _all_gather(mask) > 0,
+                    )
+                idx = batch.idx_u
+            else:
+                idx = torch.arange(label.shape[0], device=label.device)
+            pseudo = PseudoLabels(idx=idx, label=label, confidence=confidence, mask=mask.bool())
+
+        if self.opts.orth:
+            loss_orth = paf.orthogonality_loss(self.prototypes)
+            loss = loss + self.opts.lambda_orth * loss_orth
+            logs["loss_orth"] = loss_orth.detach()
+        logs["alpha_mean"] = self.alpha.mean()
+        return StepOutput(loss=loss, logs=logs, pseudo=pseudo)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """PAF's confidence-aware momentum fitting of C_t toward C_v, then re-normalisation."""
+        if not self.opts.paf:
+            return
+        pu = paf.pseudo_label_distribution(
+            self.memory_label, self.memory_conf, self.ctx.num_classes, self.opts.pu_stat
+        )
+        alpha = paf.fitting_momentum(pu, self.opts.mu_paf).to(self.alpha.device)
+        self.alpha.copy_(alpha)
+        if bool((alpha > 0).any()):
+            c = self.prototypes
+            c.copy_(paf.momentum_fit(c, self.visual_prototypes, alpha).to(c.dtype))
+
+    # -- prediction and diagnostics -----------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Test logits: z^f with DLF, z^t without."""
+        return self.branch_logits(self.features(images))["decision"]
+
+    @torch.no_grad()
+    def predict_branches(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every branch's logits (per-branch accuracy in evaluations)."""
+        return self.branch_logits(self.features(images))
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, Any]:
+        """alpha_k, the angle each prototype moved from its text anchor, and memory counts."""
+        angles = paf.angles_degrees(self.prototypes, self.text_anchor)
+        counts = self.pseudo_label_counts()
+        n_u = max(int(self.memory_label.numel()), 1)
+        return {
+            "alpha": [round(float(a), 6) for a in self.alpha],
+            "angle_deg": [round(float(a), 4) for a in angles],
+            "angle_deg_mean": float(angles.mean()),
+            "angle_deg_max": float(angles.max()),
+            "visual_angle_deg": [
+                round(float(a), 4)
+                for a in paf.angles_degrees(self.visual_prototypes, self.text_anchor)
+            ],
+            "pseudo_label_counts": [int(c) for c in counts],
+            "memory_coverage": float(counts.sum()) / n_u,
+            "orth_loss": float(paf.orthogonality_loss(self.prototypes)),
+        }

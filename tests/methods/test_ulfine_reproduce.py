@@ -1,0 +1,104 @@
+"""Reproduction scripts: the dry run lists exactly the expected commands; tables come from
+final_metrics.json files (mean ± std over seeds)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "scripts" / "reproduce"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"reproduce_{name}", SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _dry(mod, capsys, *args: str) -> list[list[str]]:
+    assert mod.main(["--dry-run", *args]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("# ")
+    return [shlex.split(line) for line in lines[:-1]]
+
+
+def test_ablation_dry_run_lists_every_variant(capsys, tmp_path):
+    mod = _load("ablation")
+    cmds = _dry(mod, capsys, "--presets", "cifar10_n1500_m3000_g100_consistent", "--seeds", "0", "1",
+                "--extra", "model.pretrained=/w/vit.pt", "--runs-dir", str(tmp_path))
+    assert len(cmds) == len(mod.VARIANTS) * 2
+    first = cmds[0]
+    assert first[:5] == ["ulfine", "train", "cifar10_n1500_m3000_g100_consistent", "method=ulfine", "seed=0"]
+    assert first[5] == "model.pretrained=/w/vit.pt"
+    assert first[6].startswith(f"output_dir={tmp_path}/ablation/cifar10_n1500_m3000_g100_consistent/")
+    all_off = [c for c in cmds if "ulfine.paf=false" in c and "ulfine.orth=false" in c
+               and "ulfine.dlf=false" in c]
+    assert len(all_off) == 2 and {c[4] for c in all_off} == {"seed=0", "seed=1"}
+    assert len({c[-1] for c in cmds}) == len(cmds)  # every run has its own folder
+
+
+def test_main_results_dry_run(capsys):
+    mod = _load("main_results")
+    cmds = _dry(mod, capsys, "--presets", "stl10_n150_g10", "cifar100_n50_m400_g10_reversed",
+                "--methods", "zeroshot", "fixmatch", "ulfine", "--seeds", "0", "1", "2")
+    # zeroshot: one seed; the others three, per preset
+    assert len(cmds) == 2 * (1 + 3 + 3)
+    assert [c[2:5] for c in cmds[:4]] == [
+        ["stl10_n150_g10", "method=zeroshot", "seed=0"],
+        ["stl10_n150_g10", "method=fixmatch", "seed=0"],
+        ["stl10_n150_g10", "method=fixmatch", "seed=1"],
+        ["stl10_n150_g10", "method=fixmatch", "seed=2"],
+    ]
+    assert len(mod.PRESETS) == 16
+
+
+def test_finetune_and_cost_dry_runs(capsys):
+    cmds = _dry(_load("finetune_analysis"), capsys, "--presets", "cifar10_n1500_m3000_g100_consistent",
+                "--methods", "fixmatch", "--seeds", "0")
+    assert [c[5] for c in cmds] == ["finetune=lp", "finetune=lft", "finetune=fft"]
+    cost = _load("training_cost")
+    cmds = _dry(cost, capsys)
+    assert len(cmds) == len(cost.BUDGETS)
+    assert ["finessl", "train.epochs=30"] == [cmds[0][3].split("=")[1], cmds[0][6]]
+
+
+def test_tables_collect_final_metrics(tmp_path, capsys):
+    mod = _load("ablation")
+    common = sys.modules["common"]
+    args = ["--presets", "cifar10_n1500_m3000_g100_consistent", "--seeds", "0", "1",
+            "--variants", "ULFine (PAF + orth + DLF)", "w/o PAF momentum fitting",
+            "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "ab.md")]
+    grid = mod.build_grid(["cifar10_n1500_m3000_g100_consistent"],
+                          ["ULFine (PAF + orth + DLF)", "w/o PAF momentum fitting"], [0, 1])
+    accs = {("ULFine (PAF + orth + DLF)", 0): 0.80, ("ULFine (PAF + orth + DLF)", 1): 0.82,
+            ("w/o PAF momentum fitting", 0): 0.75}  # seed 1 of the second row "unfinished"
+    for run in grid.runs:
+        if (run.label, run.seed) not in accs:
+            continue
+        d = run.run_dir(tmp_path / "runs")
+        d.mkdir(parents=True)
+        acc = accs[(run.label, run.seed)]
+        (d / common.METRICS_FILE).write_text(json.dumps({
+            "overall_acc": acc, "group_acc": {"head": 0.9, "medium": 0.8, "tail": acc - 0.2},
+            "pseudo_labels": {"precision": 0.5, "mask_rate": 0.25},
+        }))
+    assert mod.main(["--collect-only", *args]) == 0
+    text = (tmp_path / "ab.md").read_text()
+    assert "3/4 runs finished" in text
+    assert "| ULFine (PAF + orth + DLF) | 81.00 ± 1.41 | 90.00 ± 0.00 | 80.00 ± 0.00 | 61.00 ± 1.41 | 50.00 ± 0.00 | 25.00 ± 0.00 |" in text
+    assert "| w/o PAF momentum fitting | 75.00 | 90.00 | 80.00 | 55.00 | 50.00 | 25.00 |" in text
+
+
+@pytest.mark.parametrize("name", ["main_results", "finetune_analysis", "ablation", "training_cost"])
+def test_scripts_have_help(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _load(name).main(["--help"])
+    assert exc.value.code == 0
+    assert "--dry-run" in capsys.readouterr().out
