@@ -1,0 +1,66 @@
+"""Optimiser over the trainable parameters only, and the per-step learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..config import OptimConfig
+
+NO_DECAY_KEYWORDS = ("prompt", "token", "pos_embed", "positional_embedding", "norm", "ln_")
+
+
+def decays(name: str, param: nn.Parameter) -> bool:
+    """Weight decay applies to weight matrices only: not to biases, norms, prompt tokens or
+    positional embeddings (1-D tensors and names matching NO_DECAY_KEYWORDS)."""
+    if param.ndim <= 1 or name.endswith(".bias"):
+        return False
+    leaf = name.lower()
+    return not any(key in leaf for key in NO_DECAY_KEYWORDS)
+
+
+def trainable_named_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of every parameter that requires grad, in a stable order."""
+    return [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+
+
+def build_optimizer(module: nn.Module, cfg: "OptimConfig") -> torch.optim.Optimizer:
+    """SGD (momentum, no Nesterov) or AdamW over ``module``'s trainable parameters."""
+    named = trainable_named_parameters(module)
+    decay = [p for n, p in named if decays(n, p)]
+    no_decay = [p for n, p in named if not decays(n, p)]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=False)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the base lr at optimiser step ``step``: linear warm-up then cosine/constant."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: "OptimConfig", total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-optimiser-step schedule (stepped once after every optimiser step)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_steps, cfg.schedule)
+    )
+
+
+__all__ = ["build_optimizer", "build_scheduler", "decays", "lr_factor", "trainable_named_parameters"]

@@ -1,0 +1,80 @@
+"""Metrics against hand computations on a fixed tiny prediction set."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ulfine.config import EvalConfig
+from ulfine.engine.metrics import (
+    class_groups,
+    classification_metrics,
+    expected_calibration_error,
+    mean_of_last,
+    pseudo_label_metrics,
+)
+
+
+def logits_from(pred: list[int], conf: list[float], k: int) -> torch.Tensor:
+    """Logits whose softmax puts ``conf`` on ``pred`` and spreads the rest evenly."""
+    rows = []
+    for p, c in zip(pred, conf):
+        probs = [(1 - c) / (k - 1)] * k
+        probs[p] = c
+        rows.append([math.log(v) for v in probs])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_classification_metrics_by_hand():
+    target = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    pred = [0, 0, 1, 0, 2, 2, 0, 3]
+    conf = [0.9, 0.82, 0.62, 0.52, 0.95, 0.72, 0.42, 0.32]  # one per 15-bin, off the edges
+    m = classification_metrics(logits_from(pred, conf, 4), target, [10, 5, 3, 1], EvalConfig())
+    assert m["overall_acc"] == pytest.approx(6 / 8)
+    assert m["per_class_acc"] == pytest.approx([1.0, 0.5, 1.0, 0.5])
+    assert m["balanced_acc"] == pytest.approx(0.75)
+    # default rule, K=4: round(0.3*4)=1 head (class 0), 1 tail (class 3), medium {1, 2}
+    assert m["group_rule"]["classes"] == {"head": [0], "medium": [1, 2], "tail": [3]}
+    assert m["group_acc"] == pytest.approx({"head": 1.0, "medium": 0.75, "tail": 0.5})
+    hand_ece = (0.1 + 0.18 + 0.38 + 0.52 + 0.05 + 0.28 + 0.42 + 0.68) / 8
+    assert m["ece"] == pytest.approx(hand_ece, abs=1e-6)
+    assert m["prediction_counts"] == [4, 1, 2, 1]
+
+
+def test_ece_shares_bins_and_group_count_rule():
+    # 0.90 and 0.91 fall in the same bin (13/15, 14/15]: |0.5 - 0.905| = 0.405
+    assert expected_calibration_error(torch.tensor([0.9, 0.91]), torch.tensor([1, 0]), 15) == pytest.approx(0.405)
+    groups, rule = class_groups([10, 5, 3, 1], EvalConfig(group_rule="count", head_min_count=4, tail_max_count=2))
+    assert groups == ["head", "head", "medium", "tail"]
+    assert rule["rule"] == "count"
+    # ties in the labeled count are broken by class index
+    groups, _ = class_groups([5, 5, 5, 5, 5, 5, 5, 5, 5, 5], EvalConfig())
+    assert groups == ["head"] * 3 + ["medium"] * 4 + ["tail"] * 3
+
+
+def test_pseudo_label_metrics_by_hand():
+    target = torch.tensor([0, 0, 1, 2, 2])
+    logits = logits_from([0, 1, 1, 0, 2], [0.9, 0.8, 0.5, 0.95, 0.75], 3)
+    m = pseudo_label_metrics(logits, target, tau=0.7)
+    assert m["mask_rate"] == pytest.approx(0.8)
+    assert m["precision"] == pytest.approx(0.5)
+    assert m["recall"] == pytest.approx(0.4)
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["per_class"]["precision"] == pytest.approx([0.5, 0.0, 1.0])
+    assert m["per_class"]["recall"] == pytest.approx([0.5, 0.0, 0.5])
+    assert m["per_class"]["mask_rate"] == pytest.approx([1.0, 0.0, 1.0])
+    assert m["confident_counts"] == [2, 1, 1]
+
+
+def test_undefined_values_are_none_and_last_k_mean():
+    m = pseudo_label_metrics(logits_from([0], [0.5], 2), torch.tensor([0]), tau=0.9)
+    assert m["precision"] is None and m["per_class"]["recall"][1] is None
+    hist = [{"step": s, "overall_acc": a, "balanced_acc": a / 2,
+             "group_acc": {"head": a, "medium": None, "tail": 0.0}} for s, a in [(1, 0.2), (2, 0.4), (3, 0.6)]]
+    mean = mean_of_last(hist, 2)
+    assert mean["steps"] == [2, 3]
+    assert mean["overall_acc"] == pytest.approx(0.5)
+    assert mean["balanced_acc"] == pytest.approx(0.25)
+    assert mean["group_acc"] == {"head": pytest.approx(0.5), "medium": None, "tail": 0.0}

@@ -1,0 +1,165 @@
+"""End-to-end runs of the engine on the tiny world (micro ViT, synthetic10, CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ulfine.data
+from ulfine.engine import evaluate_run, train
+from ulfine.engine.runtime import make_runtime
+from ulfine.methods import METHODS, Method, StepOutput
+
+from tiny import tiny_config
+
+FINAL_KEYS = {
+    "overall_acc", "balanced_acc", "group_acc", "group_rule", "per_class_acc", "ece", "pseudo_labels",
+    "train_seconds", "trainable_params", "last_k_mean", "method_diagnostics", "images_seen", "steps",
+}
+TRAINING = [m for m in METHODS.names() if METHODS.get(m).trains]
+
+
+@pytest.fixture(autouse=True)
+def small_test_set(monkeypatch):
+    """Keep 4 test images per class (40) so each tiny run evaluates quickly."""
+    real = ulfine.data.build_ssl_data
+
+    def build(cfg, seed):
+        data = real(cfg, seed)
+        labels = np.asarray(data.test.labels)
+        keep = np.concatenate([np.flatnonzero(labels == c)[:4] for c in range(len(data.class_names))])
+        data.test = data.test.subset(np.sort(keep))
+        return data
+
+    monkeypatch.setattr(ulfine.data, "build_ssl_data", build)
+
+
+def _final(run_dir):
+    return json.loads((run_dir / "final_metrics.json").read_text())
+
+
+@pytest.mark.parametrize("finetune", ["lp", "lft", "fft"])
+@pytest.mark.parametrize("method", TRAINING)
+def test_every_method_and_finetune_trains(tmp_path, method, finetune):
+    run = train(tiny_config(tmp_path, f"method={method}", f"finetune={finetune}"))
+    m = _final(run)
+    assert FINAL_KEYS <= set(m)
+    assert m["steps"] == 2
+    assert m["images_seen"]["labeled"] == 8
+    assert m["images_seen"]["unlabeled"] == (8 if METHODS.get(method).uses_unlabeled else 0)
+    assert len(m["per_class_acc"]) == 10 and m["num_images"] == 40
+    assert set(m["group_acc"]) == {"head", "medium", "tail"}
+    assert m["pseudo_labels"]["num_images"] == 16  # eval.pseudo_label_max
+    assert m["trainable_params"] > 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["overall_acc"] == m["overall_acc"]
+    for name in ("config.yaml", "split.json", "weights.safetensors", "checkpoint/state.pt"):
+        assert (run / name).is_file(), name
+    # the trainable weights moved away from their initialisation
+    init = load_file(run / "weights.safetensors")
+    assert any(k.startswith("head") or "adapt" in k or "visual" in k for k in init)
+
+
+def test_zeroshot_evaluates_without_training_and_reloads(tmp_path):
+    run = train(tiny_config(tmp_path, "method=zeroshot", "finetune=lp"))
+    m = _final(run)
+    assert m["steps"] == 0 and m["trainable_params"] == 0
+    again = evaluate_run(run, "test")
+    assert again["overall_acc"] == m["overall_acc"] and again["per_class_acc"] == m["per_class_acc"]
+
+
+def test_feature_cache_mode_matches_image_mode(tmp_path):
+    """LP without augmentation trains on cached features: same result as on images."""
+    common = ["method=supervised", "finetune=lp", "data.augment=false", "head=linear"]
+    ra = train(tiny_config(tmp_path / "f", *common))
+    rb = train(tiny_config(tmp_path / "i", *common, "cache.features=false"))
+    assert any((tmp_path / "f" / "feature-cache").rglob("*")), "no feature cache written"
+    assert not (tmp_path / "i" / "feature-cache").exists()
+    wa, wb = load_file(ra / "weights.safetensors"), load_file(rb / "weights.safetensors")
+    for k in wa:  # same labeled samples in the same order: same head up to float noise
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+    assert _final(ra)["overall_acc"] == pytest.approx(_final(rb)["overall_acc"], abs=0.011)
+
+
+def test_unlabeled_ground_truth_never_reaches_training(tmp_path, monkeypatch):
+    cfg_args = ("method=fixmatch", "finetune=lft", "ssl.tau=0.0")
+    base = train(tiny_config(tmp_path / "a", *cfg_args))
+    real = ulfine.data.build_ssl_data
+
+    def permuted(cfg, seed):
+        data = real(cfg, seed)
+        labels = np.random.default_rng(1).permutation(np.asarray(data.unlabeled.labels))
+        data.unlabeled = data.unlabeled.__class__(data.unlabeled.images, labels, data.unlabeled.image_size)
+        return data
+
+    monkeypatch.setattr(ulfine.data, "build_ssl_data", permuted)
+    other = train(tiny_config(tmp_path / "b", *cfg_args))
+    wa, wb = load_file(base / "weights.safetensors"), load_file(other / "weights.safetensors")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # ...while the diagnostics, which may read the labels, did see the permutation
+    assert _final(base)["pseudo_labels"] != _final(other)["pseudo_labels"]
+
+
+def test_interrupt_and_resume_equals_uninterrupted(tmp_path):
+    args = ("method=fixmatch", "finetune=lft", "train.epochs=2", "train.ema=0.5", "optim.warmup_steps=1")
+    full = train(tiny_config(tmp_path / "full", *args))
+    part = train(tiny_config(tmp_path / "part", *args, "train.max_steps=3"))
+    assert _final(part)["steps"] == 3 and _final(part)["stopped_early"]
+    resumed = train(tiny_config(tmp_path / "part", *args, "resume=true"))
+    assert resumed == part
+    for name in ("weights.safetensors", "ema.safetensors"):
+        wa, wb = load_file(full / name), load_file(resumed / name)
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+    fa, fb = _final(full), _final(resumed)
+    assert fb["steps"] == 4 and fb["images_seen"] == fa["images_seen"]
+    assert fb["overall_acc"] == fa["overall_acc"] and fb["last_k_mean"] == fa["last_k_mean"]
+    again = evaluate_run(full, "test")  # reload config + EMA weights: same numbers
+    assert again["weights"] == "ema.safetensors"
+    assert again["per_class_acc"] == fa["per_class_acc"] and again["ece"] == pytest.approx(fa["ece"])
+
+
+def test_grad_accumulation_matches_one_big_batch(tmp_path):
+    a = train(tiny_config(tmp_path / "a", "method=fixmatch", "finetune=lft"))
+    b = train(tiny_config(tmp_path / "b", "method=fixmatch", "finetune=lft", "optim.grad_accum=2"))
+    wa, wb = load_file(a / "weights.safetensors"), load_file(b / "weights.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+class _DtypeProbe(Method):
+    """Records the dtype of its logits inside the engine's forward."""
+
+    name = "dtype_probe"
+    uses_unlabeled = False
+    seen: list = []
+
+    def __init__(self, cfg, backbone, ctx):
+        super().__init__(cfg, backbone, ctx)
+        self.fc = torch.nn.Linear(ctx.feature_dim, ctx.num_classes)
+
+    def training_step(self, batch):
+        z = self.fc(self.features(batch.x_l))
+        _DtypeProbe.seen.append(z.dtype)
+        return StepOutput(torch.nn.functional.cross_entropy(z.float(), batch.y_l))
+
+    def predict(self, images):
+        return self.fc(self.features(images))
+
+
+def test_bf16_autocast_is_really_on_cpu(tmp_path):
+    if "dtype_probe" not in METHODS:
+        METHODS.register("dtype_probe")(_DtypeProbe)
+    _DtypeProbe.seen.clear()
+    train(tiny_config(tmp_path / "bf16", "method=dtype_probe", "finetune=lft", "train.precision=bf16"))
+    assert _DtypeProbe.seen and set(_DtypeProbe.seen) == {torch.bfloat16}
+    _DtypeProbe.seen.clear()
+    train(tiny_config(tmp_path / "fp32", "method=dtype_probe", "finetune=lft", "train.precision=fp32"))
+    assert set(_DtypeProbe.seen) == {torch.float32}
+    rt = make_runtime("cpu", "auto")
+    assert rt.precision == "fp32" and rt.autocast_dtype is None

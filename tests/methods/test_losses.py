@@ -1,0 +1,104 @@
+"""Each baseline's loss equals a hand computation on fixed logits (features = logits, identity head)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ulfine.config import load_config
+from ulfine.methods import METHODS, MethodContext, SSLBatch
+from ulfine.methods.losses import masked_consistency, pseudo_label, smoothed_targets
+
+K = 3
+COUNTS = [6, 3, 1]
+X_L = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+Y_L = torch.tensor([0, 2])
+U_W = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.5, 0.0]])  # confident (0.909) / not (0.452)
+U_S = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def lse(z):
+    return math.log(sum(math.exp(v) for v in z))
+
+
+def ce(z, y):
+    return lse(z) - z[y]
+
+
+def make(method: str, *overrides: str):
+    cfg = load_config(None, [f"method={method}", "head=linear", *overrides])
+    ctx = MethodContext(K, ["a", "b", "c"], torch.tensor(COUNTS), torch.eye(K), 100.0, 10, K)
+    m = METHODS.get(method)(cfg, nn.Identity(), ctx)
+    with torch.no_grad():  # identity classifier: the 2-D "features" are the logits
+        m.head.fc.weight.copy_(torch.eye(K))
+        m.head.fc.bias.zero_()
+    return m
+
+
+def batch():
+    return SSLBatch(X_L, Y_L, U_W, U_S, torch.tensor([4, 7]))
+
+
+def test_pseudo_label_threshold_and_no_grad():
+    z = U_W.clone().requires_grad_(True)
+    label, conf, mask = pseudo_label(z, 0.7)
+    assert label.tolist() == [0, 1]
+    assert conf[0].item() == pytest.approx(math.exp(3) / (math.exp(3) + 2))
+    assert mask.tolist() == [1.0, 0.0]
+    assert not conf.requires_grad
+
+
+def test_fixmatch_loss_by_hand():
+    out = make("fixmatch", "ssl.tau=0.7", "ssl.lambda_u=2.0").training_step(batch())
+    l_s = (ce([2, 0, 0], 0) + ce([0, 1, 0], 2)) / 2
+    l_u = (ce([1, 2, 0], 0) * 1 + 0.0) / 2  # mean over all unlabeled samples, masked
+    assert out.loss.item() == pytest.approx(l_s + 2.0 * l_u, rel=1e-6)
+    assert out.pseudo.mask.tolist() == [True, False]
+    assert out.pseudo.idx.tolist() == [4, 7]
+    assert float(out.logs["mask_rate"]) == 0.5
+
+
+def test_fixmatch_la_loss_by_hand():
+    m = make("fixmatch_la", "fixmatch_la.tau_la=1.0", "ssl.tau=0.7")
+    out = m.training_step(batch())
+    lp = [math.log(c / sum(COUNTS)) for c in COUNTS]
+    adj = lambda z: [v + p for v, p in zip(z, lp)]  # noqa: E731
+    l_s = (ce(adj([2, 0, 0]), 0) + ce(adj([0, 1, 0]), 2)) / 2
+    # pseudo-labels come from the raw (balanced) logits: [3,0,0] -> class 0, confident
+    l_u = ce(adj([1, 2, 0]), 0) / 2
+    assert out.loss.item() == pytest.approx(l_s + l_u, rel=1e-6)
+    # prediction = raw z (the adjusted training logits minus tau*log pi)
+    assert torch.equal(m.predict(U_S), U_S)
+
+
+def test_finessl_loss_by_hand():
+    m = make("finessl", "finessl.margin_scale=0.5", "finessl.label_smoothing=0.3", "ssl.tau=0.7")
+    out = m.training_step(batch())
+    lp = [0.5 * math.log(c / sum(COUNTS)) for c in COUNTS]
+    adj = lambda z: [v + p for v, p in zip(z, lp)]  # noqa: E731
+    l_s = (ce(adj([2, 0, 0]), 0) + ce(adj([0, 1, 0]), 2)) / 2
+    t = [0.7 + 0.1, 0.1, 0.1]  # (1 - eps) onehot(0) + eps / K
+    z = adj([1, 2, 0])
+    l_u = sum(-ti * (zi - lse(z)) for ti, zi in zip(t, z)) / 2
+    assert out.loss.item() == pytest.approx(l_s + l_u, rel=1e-6)
+
+
+def test_supervised_ignores_unlabeled_and_zeroshot_scores():
+    out = make("supervised").training_step(SSLBatch(X_L, Y_L))
+    assert out.loss.item() == pytest.approx((ce([2, 0, 0], 0) + ce([0, 1, 0], 2)) / 2, rel=1e-6)
+    cfg = load_config(None, ["method=zeroshot"])
+    protos = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    ctx = MethodContext(3, ["a", "b", "c"], torch.tensor(COUNTS), protos, 50.0, 0, 2)
+    zs = METHODS.get("zeroshot")(cfg, nn.Identity(), ctx)
+    z = zs.predict(torch.tensor([[3.0, 4.0]]))  # normalised -> [0.6, 0.8]
+    assert z.tolist()[0] == pytest.approx([30.0, 40.0, 50.0], rel=1e-6)
+
+
+def test_helpers():
+    assert smoothed_targets(torch.tensor([1]), 4, 0.2).tolist()[0] == pytest.approx([0.05, 0.85, 0.05, 0.05])
+    z = torch.tensor([[0.0, 0.0]])
+    assert masked_consistency(z, torch.tensor([0]), torch.tensor([0.0])).item() == 0.0
+    assert masked_consistency(z, torch.tensor([0]), torch.tensor([1.0])).item() == pytest.approx(math.log(2))
