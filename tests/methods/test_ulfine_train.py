@@ -39,3 +39,7 @@ def test_ulfine_trains_and_logs_paf_diagnostics(tmp_path):
     torch.testing.assert_close(w["alpha"], paf.fitting_momentum(pu, 0.5))
     torch.testing.assert_close(w["visual_prototypes"].norm(dim=-1), torch.ones(10))
     assert "linear_head.fc.weight" in w and "prototype_head.prototypes" in w
+    # every branch's test accuracy is reported; the fused branch is the decision (overall_acc)
+    assert set(final["branch_acc"]) == {"linear", "prototype", "fused"}
+    assert abs(final["branch_acc"]["fused"] - final["overall_acc"]) < 1e-6
+    assert all(0.0 <= a <= 1.0 for a in final["branch_acc"].values())

@@ -53,19 +53,35 @@ def to_device_images(x: Any, device: torch.device, normalizer: torch.nn.Module) 
 
 @torch.no_grad()
 def predict_logits(method: "Method", parts: "RunParts", es: EvalSet, rt: "Runtime", batch_size: int,
-                   num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (N,K) float32, labels (N,)) of ``es`` in index order, computed over all ranks."""
+                   num_workers: int = 0, branches: dict[str, torch.Tensor] | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N,K) float32, labels (N,)) of ``es`` in index order, computed over all ranks.
+
+    When ``branches`` is a dict, it is filled with each extra prediction branch's argmax (N,)
+    (e.g. ULFine's ``linear``/``prototype`` logits next to the fused decision).
+    """
     was_training = method.training
     method.eval()
     logits, labels, index = [], [], []
+    branch_preds: dict[str, list[torch.Tensor]] = {}
+
+    def run(inputs: torch.Tensor) -> torch.Tensor:
+        with rt.autocast():
+            if branches is None:
+                return method.predict(inputs)
+            out = method.predict_branches(inputs)
+        for name, z_b in out.items():
+            if name != "decision":
+                branch_preds.setdefault(name, []).append(z_b.argmax(1).cpu())
+        return out["decision"]
+
     try:
         if es.features is not None:
             n = len(es)
             shard = np.array_split(np.arange(n), rt.world_size)[rt.rank]
             for start in range(0, len(shard), batch_size):
                 idx = torch.from_numpy(shard[start : start + batch_size])
-                with rt.autocast():
-                    z = method.predict(es.features[idx].to(rt.device))
+                z = run(es.features[idx].to(rt.device))
                 logits.append(z.float().cpu())
                 labels.append(torch.as_tensor(es.labels[idx.numpy()]))
                 index.append(idx)
@@ -75,8 +91,7 @@ def predict_logits(method: "Method", parts: "RunParts", es: EvalSet, rt: "Runtim
             for x, y, idx in eval_batches(es.images, batch_size, num_workers=num_workers,
                                           rank=rt.rank, world_size=rt.world_size):
                 images = to_device_images(x, rt.device, parts.normalizer)
-                with rt.autocast():
-                    z = method.predict(images)
+                z = run(images)
                 logits.append(z.float().cpu())
                 labels.append(torch.as_tensor(y).long())
                 index.append(torch.as_tensor(idx).long())
@@ -87,12 +102,16 @@ def predict_logits(method: "Method", parts: "RunParts", es: EvalSet, rt: "Runtim
         torch.cat(logits) if logits else torch.empty(0, k),
         torch.cat(labels) if labels else torch.empty(0, dtype=torch.long),
         torch.cat(index) if index else torch.empty(0, dtype=torch.long),
+        {name: torch.cat(preds) for name, preds in branch_preds.items()},
     )
     parts_all = rt.gather_objects(local)
     all_logits = torch.cat([p[0] for p in parts_all])
     all_labels = torch.cat([p[1] for p in parts_all])
     all_index = torch.cat([p[2] for p in parts_all])
     order = np.unique(all_index.numpy(), return_index=True)[1]  # sorted, duplicates dropped
+    if branches is not None:
+        for name in local[3]:
+            branches[name] = torch.cat([p[3][name] for p in parts_all])[order]
     return all_logits[order], all_labels[order]
 
 
@@ -159,8 +178,11 @@ def evaluate_sets(method: "Method", parts: "RunParts", sets: EvalSets, cfg: "Con
                   labeled_counts: list[int]) -> dict[str, Any]:
     """One evaluation: test metrics (top level), val metrics, pseudo-labels, diagnostics."""
     bs, nw = cfg.eval.batch_size, cfg.data.num_workers
-    z, y = predict_logits(method, parts, sets.test, rt, bs, nw)
+    branches: dict[str, torch.Tensor] = {}
+    z, y = predict_logits(method, parts, sets.test, rt, bs, nw, branches=branches)
     out: dict[str, Any] = classification_metrics(z, y, labeled_counts, cfg.eval)
+    if branches:  # each extra branch's test accuracy, next to the decision's overall_acc
+        out["branch_acc"] = {name: float((pred == y).float().mean()) for name, pred in branches.items()}
     if sets.val is not None:
         zv, yv = predict_logits(method, parts, sets.val, rt, bs, nw)
         out["val"] = classification_metrics(zv, yv, labeled_counts, cfg.eval)

@@ -123,6 +123,15 @@ class Method(nn.Module):
         """Logits used for test prediction and for pseudo-label diagnostics."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def predict_branches(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every prediction branch; ``decision`` is what :meth:`predict` returns.
+
+        Methods with several branches (ULFine's linear, prototype and fused logits) override this
+        so evaluations report each branch's accuracy, not only the decision's.
+        """
+        return {"decision": self.predict(images)}
+
     def after_optimizer_step(self) -> None:
         """Called after every optimiser step (e.g. PAF's momentum fitting)."""
 
