@@ -1,0 +1,134 @@
+"""Compute image features of a frozen tower once, then reuse them from disk.
+
+LP without image augmentation and zero-shot evaluation push the same images through the same
+frozen tower every epoch; caching the (N, D) features turns an epoch into a memory-mapped read
+plus a linear-head step (see docs/performance.md for the measured speed-up).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.base import ImageSet
+from . import store
+from .keys import _jsonable, key_digest, preprocess_description
+
+log = logging.getLogger(__name__)
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _host_batches(images: ImageSet, batch_size: int) -> Iterator[list[np.ndarray] | np.ndarray]:
+    """uint8 (B,H,W,3) arrays (or lists of differently sized images), in index order."""
+    n = len(images)
+    if hasattr(images.images, "shape"):  # in-memory or memory-mapped uint8 (N, H, W, 3) array
+        for start in range(0, n, batch_size):
+            yield np.asarray(images.images[start : start + batch_size])
+        return
+    with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decoding releases the GIL
+        for start in range(0, n, batch_size):
+            imgs = list(pool.map(images.load, range(start, min(n, start + batch_size))))
+            if len({im.shape for im in imgs}) == 1:
+                yield np.stack(imgs)
+            else:
+                yield imgs
+
+
+def _to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)  # (B,3,H,W) uint8
+    return x.to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def _encode(backbone: nn.Module, normalizer: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+    encode = getattr(backbone, "encode_image", backbone)
+    if isinstance(batch, list):  # mixed sizes: normalise one by one, then one forward
+        x = torch.cat([normalizer(_to_device(im[None], device)) for im in batch])
+    else:
+        x = normalizer(_to_device(batch, device))
+    return encode(x).float()
+
+
+def _autocast_state(device: torch.device) -> str | None:
+    if torch.is_autocast_enabled(device.type):
+        return str(torch.get_autocast_dtype(device.type)).replace("torch.", "")
+    return None
+
+
+def cached_features(
+    backbone: nn.Module,
+    images: ImageSet,
+    normalizer: nn.Module,
+    *,
+    key: Mapping[str, Any],
+    cache_dir: Path,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Image features (N, D) float32 of ``images`` from a frozen ``backbone``, cached on disk.
+
+    ``key`` (see :func:`feature_cache_key`) names what the features depend on; the normaliser's
+    size/mean/std/interpolation, the number of images and the autocast dtype active at call time
+    are added to it here. A hit returns a memory-mapped CPU tensor without running the tower; a
+    miss runs ``backbone.encode_image(normalizer(uint8 batch))`` under ``torch.no_grad`` in index
+    order, writes the matrix atomically and returns it memory-mapped.
+    """
+    device = torch.device(device) if device is not None else _module_device(backbone)
+    cache_dir = Path(cache_dir)
+    full_key = _jsonable(
+        {
+            **dict(key),
+            "normalizer": preprocess_description(normalizer),
+            "num_images": len(images),
+            "autocast": _autocast_state(device),
+        }
+    )
+    digest = key_digest(full_key)
+    path, sidecar = store.entry_paths(cache_dir, digest)
+    hit = store.read_entry(path, sidecar, full_key, rows=len(images))
+    if hit is not None:
+        log.info("feature cache hit: %s (%d x %d)", path, *hit.shape)
+        return torch.from_numpy(hit)
+
+    t0 = time.perf_counter()
+    was_training = backbone.training
+    backbone.eval()
+    writer = tmp = None
+    row = 0
+    try:
+        for batch in _host_batches(images, batch_size):
+            feats = _encode(backbone, normalizer, batch, device).cpu().numpy()
+            if writer is None:
+                writer, tmp = store.open_writer(path, (len(images), feats.shape[1]))
+            writer[row : row + len(feats)] = feats
+            row += len(feats)
+        if writer is None:  # no images: nothing to cache
+            return torch.empty(0, 0)
+        meta = {"key": full_key, "shape": list(writer.shape), "dtype": "float32",
+                "seconds": round(time.perf_counter() - t0, 3)}
+        store.commit(writer, tmp, path, sidecar, meta)
+        writer = None
+    except BaseException:
+        if tmp is not None:
+            del writer
+            store.discard(tmp)
+        raise
+    finally:
+        backbone.train(was_training)
+    log.info("feature cache miss: wrote %s in %.1fs", path, time.perf_counter() - t0)
+    arr = store.read_entry(path, sidecar, full_key, rows=len(images))
+    assert arr is not None, f"feature cache entry {path} unreadable right after writing"
+    return torch.from_numpy(arr)
