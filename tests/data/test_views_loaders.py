@@ -111,3 +111,21 @@ def test_eval_batches_shards(data):
     shards = [torch.cat([b[2] for b in eval_batches(data.test, 50, rank=r, world_size=3, num_workers=1)])
               for r in range(3)]
     assert torch.cat(shards).tolist() == list(range(200))
+
+
+def test_device_normalizer_uint8_fast_path_matches_the_float_path_and_pil():
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    norm = DeviceNormalizer(224, mean, std, "bicubic")
+    x = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8))
+    fast = norm(x)  # uint8 resize (CPU) + fused scale/shift
+    assert fast.shape == (4, 3, 224, 224) and fast.dtype == torch.float32
+    # the fused scale/shift equals the textbook (x / 255 - mean) / std of the resized uint8 batch
+    resized = torch.nn.functional.interpolate(x, size=224, mode="bicubic", antialias=True).float()
+    textbook = (resized / 255.0 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(fast, textbook, atol=1e-5)
+    # and the uint8 resize is PIL's bicubic upsampling to one grey level (the float path is off
+    # by up to ~20 levels near the borders of noise images)
+    from PIL import Image
+    pil = np.asarray(Image.fromarray(x[0].permute(1, 2, 0).numpy()).resize((224, 224), Image.BICUBIC))
+    back = (fast[0] * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)) * 255
+    assert np.abs(back.permute(1, 2, 0).numpy() - pil).max() <= 1.01

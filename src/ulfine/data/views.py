@@ -74,7 +74,8 @@ class DeviceNormalizer(nn.Module):
 
     ``mean``/``std``/``interpolation`` come from the backbone's preprocessing config (CLIP's own
     statistics, never CIFAR's). Resizing uses antialiasing (it only matters when downsampling),
-    and bicubic overshoot is clamped to [0, 1] as PIL does on uint8 images.
+    and bicubic overshoot is clamped to [0, 1] as PIL does on uint8 images. On the CPU a uint8
+    batch is resized as uint8 (rounded as PIL does; about 3x faster), on accelerators in float.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
@@ -86,12 +87,24 @@ class DeviceNormalizer(nn.Module):
         self.interpolation = _interpolation(interpolation)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale_u8", 1.0 / (255.0 * self.std), persistent=False)
+        self.register_buffer("shift", self.mean / self.std, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, h, w) batch, got shape {tuple(x.shape)}")
+        resize = x.shape[-2:] != (self.size, self.size)
+        if resize and x.dtype == torch.uint8 and x.device.type == "cpu":
+            # CPU: resize the uint8 batch itself in channels-last layout (torch's vectorised
+            # uint8 kernels, 20-40x faster than float; rounded and clamped as PIL does).
+            x = x.contiguous(memory_format=torch.channels_last)
+            x = TF.resize(x, [self.size, self.size], interpolation=self.interpolation, antialias=True)
+            resize = False
+        if x.dtype == torch.uint8 and not resize:
+            # (x / 255 - mean) / std as one scale and one shift, in place on the float copy
+            return x.to(self.mean.dtype).mul_(self.scale_u8).sub_(self.shift)
         out = x.to(self.mean.dtype) / 255.0 if x.dtype == torch.uint8 else x.to(self.mean.dtype)
-        if out.shape[-2:] != (self.size, self.size):
+        if resize:
             out = TF.resize(out, [self.size, self.size], interpolation=self.interpolation, antialias=True)
             if self.interpolation == InterpolationMode.BICUBIC:
                 out = out.clamp_(0.0, 1.0)
