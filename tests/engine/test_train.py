@@ -55,6 +55,10 @@ def test_every_method_and_finetune_trains(tmp_path, method, finetune):
     assert set(m["group_acc"]) == {"head", "medium", "tail"}
     assert m["pseudo_labels"]["num_images"] == 16  # eval.pseudo_label_max
     assert m["trainable_params"] > 0
+    cost = m["cost"]  # images of optimiser steps per second of optimiser steps; no GPU here
+    assert cost["device"] == "cpu" and cost["peak_memory_mib"] is None
+    assert cost["train_images_per_s"] == pytest.approx(
+        (m["images_seen"]["labeled"] + m["images_seen"]["unlabeled"]) / m["train_seconds"], rel=1e-2)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["overall_acc"] == m["overall_acc"]
     for name in ("config.yaml", "split.json", "weights.safetensors", "checkpoint/state.pt"):

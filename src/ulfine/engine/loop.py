@@ -334,8 +334,17 @@ def _train(cfg: "Config", run_dir: Path, rt: Runtime, method_cls: Any, feature_m
         final = evaluate(step)
         reporter.evaluation({**final, "final": True})
     reporter.close()
-    final = {**final, "images_seen": global_seen()}
+    seen_all = global_seen()
+    final = {**final, "images_seen": seen_all, "cost": _cost(seen_all, train_seconds, rt.device)}
     return _finish(cfg, run_dir, rt, method, ema, final, history, best_val, step, stop < total_steps)
+
+
+def _cost(seen: dict[str, int], train_seconds: float, device: torch.device) -> dict[str, Any]:
+    """Training cost figures: images per second of optimiser steps, and peak accelerator memory."""
+    images = sum(seen.values())
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"train_images_per_s": images / train_seconds if train_seconds > 0 else None,
+            "peak_memory_mib": None if peak is None else round(peak, 1), "device": str(device)}
 
 
 def _compact(entry: dict[str, Any]) -> dict[str, Any]:
