@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Grid, base_parser, finish, table_rows_by_metric  # noqa: E402
+from common import Grid, base_parser, finish, per_preset_tables  # noqa: E402
 
 TABLE = "ablation"
 PRESETS = ["cifar10_n1500_m3000_g100_consistent", "cifar100_n150_m300_g10_consistent",
@@ -43,11 +43,7 @@ def build_grid(presets: list[str], variants: list[str], seeds: list[int]) -> Gri
     return grid
 
 
-def render(grid: Grid, runs_dir: Path) -> str:
-    return "\n\n".join(
-        f"## {preset}\n\n" + table_rows_by_metric(grid, runs_dir, preset, COLUMNS)
-        for preset in grid.presets
-    )
+render = per_preset_tables(COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -210,6 +210,18 @@ def table_rows_by_metric(grid: Grid, runs_dir: Path, preset: str, metrics: Seque
     return markdown(header, rows)
 
 
+def per_preset_tables(columns: Sequence[str]) -> Callable[[Grid, Path], str]:
+    """A renderer with one ``## preset`` table per preset: rows = labels, columns = metrics."""
+
+    def render(grid: Grid, runs_dir: Path) -> str:
+        return "\n\n".join(
+            f"## {preset}\n\n" + table_rows_by_metric(grid, runs_dir, preset, columns)
+            for preset in grid.presets
+        )
+
+    return render
+
+
 def finish(grid: Grid, args: argparse.Namespace, render: Callable[[Grid, Path], str], title: str) -> int:
     """Run (or print) the grid, then write the Markdown report; exit status for ``main``."""
     failures = execute(grid, args)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Grid, base_parser, finish, table_rows_by_metric  # noqa: E402
+from common import Grid, base_parser, finish, per_preset_tables  # noqa: E402
 
 TABLE = "finetune_analysis"
 PRESETS = ["cifar10_n1500_m3000_g100_consistent", "cifar100_n150_m300_g10_consistent"]
@@ -33,11 +33,7 @@ def build_grid(presets: list[str], methods: list[str], finetunes: list[str], see
     return grid
 
 
-def render(grid: Grid, runs_dir: Path) -> str:
-    return "\n\n".join(
-        f"## {preset}\n\n" + table_rows_by_metric(grid, runs_dir, preset, COLUMNS)
-        for preset in grid.presets
-    )
+render = per_preset_tables(COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> int:
