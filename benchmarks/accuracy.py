@@ -1,0 +1,103 @@
+"""Accuracy benchmark on the micro world: every method x 3 seeds x 3 unlabeled settings.
+
+Why: an end-to-end accuracy signal that runs offline on a laptop CPU, with mean and std over
+seeds, so that a change to a method or to the engine shows up as a number, not an anecdote.
+The micro world and its task were fixed before any method was compared; nothing here is tuned.
+
+    python benchmarks/accuracy.py                      # everything (8 methods x 3 seeds x 3 settings)
+    python benchmarks/accuracy.py --settings consistent --seeds 0 --workers 2
+
+Each finished run is appended to ``OUT/rows.jsonl`` at once (a killed benchmark keeps what it
+has, and a re-run skips finished runs); the tables are ``OUT/accuracy.md`` and
+``OUT/accuracy.json`` (default OUT: benchmarks/results/accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+SETTINGS = {
+    "consistent": "microworld_n100_m200_g20_consistent",
+    "uniform": "microworld_n100_m200_g20_uniform",
+    "reversed": "microworld_n100_m200_g20_reversed",
+}
+
+
+def _run_one(label: str, preset: str, seed: int, runs_dir: str, overrides: list[str], threads: int) -> dict:
+    """One engine run in a worker process (own torch thread count, no progress bars)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from ulfine.micro.compare import BENCHMARK_METHODS, rows_to_json, run_method
+
+    spec = next(m for m in BENCHMARK_METHODS if m.label == label)
+    return rows_to_json([run_method(spec, preset, seed, Path(runs_dir), overrides, progress=False)])[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ulfine.micro.compare import BENCHMARK_METHODS, aggregate, markdown_aggregate, rows_from_json
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=None, help="labels (default: all); see --list")
+    ap.add_argument("--list", action="store_true", help="list the method labels and exit")
+    ap.add_argument("--out", default="benchmarks/results/accuracy")
+    ap.add_argument("--workers", type=int, default=1, help="parallel runs (processes)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / workers)")
+    ap.add_argument("--aggregate-only", action="store_true", help="only rebuild the tables from rows.jsonl")
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
+    args = ap.parse_args(argv)
+    if args.list:
+        print("\n".join(m.label for m in BENCHMARK_METHODS))
+        return 0
+    args.threads = args.threads or max(1, (os.cpu_count() or 2) // args.workers)
+    methods = [m for m in BENCHMARK_METHODS if args.methods is None or m.label in args.methods]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_file = out / "rows.jsonl"
+    done = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.is_file() else []
+    have = {(d["preset"], d["label"], d["seed"]) for d in done}
+    jobs = [(m.label, SETTINGS[s], seed) for s in args.settings for seed in args.seeds for m in methods
+            if (SETTINGS[s], m.label, seed) not in have and not args.aggregate_only]
+    print(f"accuracy benchmark: {len(jobs)} runs to do ({len(have)} already in {rows_file}), "
+          f"{args.workers} worker(s) x {args.threads} thread(s)", flush=True)
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        futures = {pool.submit(_run_one, label, preset, seed, str(out / "runs"), args.overrides, args.threads):
+                   (label, preset, seed) for label, preset, seed in jobs}
+        for i, fut in enumerate(as_completed(futures), 1):
+            label, preset, seed = futures[fut]
+            try:
+                row = fut.result()
+            except Exception as exc:  # keep going: one failed run must not lose the others
+                print(f"[{i}/{len(jobs)}] FAILED {preset} {label} seed {seed}: {type(exc).__name__}: {exc}", flush=True)
+                continue
+            with rows_file.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            done.append(row)
+            print(f"[{i}/{len(jobs)}] {preset} {label} seed {seed}: overall {100 * row['overall']:.1f} "
+                  f"tail {100 * row['tail']:.1f} ({row['train_seconds']:.0f} s train; "
+                  f"{time.perf_counter() - start:.0f} s elapsed)", flush=True)
+    rows = rows_from_json(done)
+    order = {m.label: i for i, m in enumerate(BENCHMARK_METHODS)}
+    rows.sort(key=lambda r: (list(SETTINGS.values()).index(r.preset) if r.preset in SETTINGS.values() else 99,
+                             order.get(r.label, 99), r.seed))
+    entries = aggregate(rows)
+    (out / "accuracy.json").write_text(json.dumps({"overrides": args.overrides, "results": entries}, indent=1) + "\n")
+    md = ("# Micro-world accuracy benchmark\n\nTest accuracy (%) of the final model, mean ± std over "
+          "seeds; tail PL precision = mean precision of confident pseudo-labels over tail classes; "
+          f"groups: {rows[0].group_rule if rows else ''}.\n\n" + markdown_aggregate(entries))
+    (out / "accuracy.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

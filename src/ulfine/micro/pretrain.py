@@ -1,0 +1,212 @@
+"""Contrastive pretraining of the tiny CLIP (``ulfine-micro-vit``) on the micro world.
+
+Why: the project cannot download a foundation model, so it makes one. ``pretrain()`` trains
+open_clip's own model with open_clip's own ``ClipLoss`` on freshly drawn world batches (every
+step a new, seeded batch: no dataset to store), then writes fp16 safetensors that
+``model.pretrained=micro`` (or ``model.pretrained=<file>``) loads, plus a JSON record of how
+they were made and how well they transfer zero-shot to the downstream task.
+
+Re-make the shipped weights with ``ulfine pretrain-micro`` (the defaults below are the recipe).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .world import sample_pretrain_batch
+from .zeroshot import per_class_accuracy, to_model_input, zero_shot_predict
+
+DEFAULT_STEPS = 1000
+DEFAULT_BATCH = 128
+DEFAULT_LR = 1e-3
+TEMPLATE = "a photo of a {}."
+
+
+@dataclass
+class PretrainResult:
+    """What a pretraining run produced and measured (also written as JSON next to the weights)."""
+
+    path: str
+    arch: str
+    steps: int
+    batch_size: int
+    seed: int
+    lr: float
+    seconds: float
+    device: str
+    torch_threads: int
+    first_loss: float  # mean contrastive loss of the first 10 steps
+    final_loss: float  # mean contrastive loss of the last 10 steps
+    zero_shot_accuracy: float | None = None  # downstream test subset, template TEMPLATE
+    zero_shot_seen: float | None = None  # classes whose colour/shape pair pretraining showed
+    zero_shot_held_out: float | None = None  # classes whose pair pretraining never showed
+    zero_shot_images: int = 0
+    chance: float | None = None
+    losses: list[float] = field(default_factory=list)  # every step, for plots and tests
+    command: str = ""
+    torch_version: str = torch.__version__
+    machine: str = platform.machine()
+
+    def __str__(self) -> str:  # the CLI prints the result as the weights path
+        return self.path
+
+
+def build_micro_clip(seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised ``ulfine-micro-vit`` open_clip model (image + text towers)."""
+    import open_clip
+
+    from ..models.archs import MICRO_ARCH, register_archs
+
+    register_archs()
+    torch.manual_seed(seed)
+    return open_clip.create_model(MICRO_ARCH, pretrained=None, output_dict=True)
+
+
+def micro_preprocess() -> tuple[list[float], list[float]]:
+    """(mean, std) the micro architecture is registered with."""
+    from ..models.archs import MICRO_ARCH, arch_preprocess
+
+    cfg = arch_preprocess(MICRO_ARCH)
+    return list(cfg["mean"]), list(cfg["std"])
+
+
+def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * lr * (1.0 + math.cos(math.pi * t))
+
+
+def contrastive_step_loss(model: torch.nn.Module, tokenizer, images: np.ndarray, captions: list[str]) -> torch.Tensor:  # noqa: ANN001
+    """open_clip's symmetric InfoNCE loss of one (images, captions) batch."""
+    from open_clip.loss import ClipLoss
+
+    mean, std = micro_preprocess()
+    device = model.logit_scale.device
+    out = model(to_model_input(images, mean, std).to(device), tokenizer(captions).to(device))
+    return ClipLoss()(out["image_features"], out["text_features"], out["logit_scale"])
+
+
+@torch.no_grad()
+def evaluate_zero_shot(model: torch.nn.Module, tokenizer, per_class: int = 40) -> dict[str, float]:  # noqa: ANN001
+    """Zero-shot accuracy of an open_clip model on the first ``per_class`` test images per class."""
+    from .task import CLASS_NAMES, NUM_CLASSES, TEST_PER_CLASS, held_out_classes, task_arrays
+
+    _, _, x_te, y_te = task_arrays()
+    keep = np.concatenate([np.arange(k * TEST_PER_CLASS, k * TEST_PER_CLASS + per_class) for k in range(NUM_CLASSES)])
+    images, labels = x_te[keep], y_te[keep]
+    was_training = model.training
+    model.eval()
+    device = model.logit_scale.device
+    text = model.encode_text(tokenizer([TEMPLATE.format(c) for c in CLASS_NAMES]).to(device))
+    mean, std = micro_preprocess()
+    pred = zero_shot_predict(lambda x: model.encode_image(x.to(device)), text, images, mean, std)
+    model.train(was_training)
+    acc = per_class_accuracy(pred, labels, NUM_CLASSES)
+    held = held_out_classes()
+    seen = [k for k in range(NUM_CLASSES) if k not in held]
+    return {
+        "zero_shot_accuracy": float((pred == labels).mean()),
+        "zero_shot_seen": float(np.nanmean(acc[seen])),
+        "zero_shot_held_out": float(np.nanmean(acc[held])),
+        "zero_shot_images": int(len(labels)),
+        "chance": 1.0 / NUM_CLASSES,
+    }
+
+
+def save_weights(model: torch.nn.Module, path: Path, fp16: bool = True) -> None:
+    """open_clip state dict as safetensors (fp16 keeps the shipped file under ~10 MB)."""
+    state = {}
+    for name, value in model.state_dict().items():
+        value = value.detach().cpu()
+        state[name] = (value.half() if fp16 and value.is_floating_point() else value).contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"arch": "ulfine-micro-vit", "format": "open_clip"})
+
+
+def pretrain(
+    out_path: Path | str,
+    steps: int | None = DEFAULT_STEPS,
+    batch_size: int | None = DEFAULT_BATCH,
+    seed: int = 0,
+    lr: float = DEFAULT_LR,
+    weight_decay: float = 0.05,
+    warmup: int | None = None,
+    eval_per_class: int = 40,
+    progress: bool = True,
+    threads: int | None = None,
+    device: str = "cpu",
+    command: str = "",
+) -> PretrainResult:
+    """Train ``ulfine-micro-vit`` contrastively on the micro world and write its weights.
+
+    Writes ``out_path`` (fp16 safetensors) and ``out_path`` with suffix ``.json`` (the
+    :class:`PretrainResult`). ``steps``/``batch_size`` None mean the shipped recipe.
+    Deterministic given ``seed``, the device and the thread count. Example::
+
+        pretrain("src/ulfine/assets/micro_clip.safetensors")  # the shipped recipe
+    """
+    import open_clip
+    from tqdm.auto import tqdm
+
+    from ..models.archs import MICRO_ARCH
+
+    steps = DEFAULT_STEPS if steps is None else steps
+    batch_size = DEFAULT_BATCH if batch_size is None else batch_size
+    if steps < 1 or batch_size < 2:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"pretrain-micro needs steps >= 1 and batch size >= 2 (got {steps}, {batch_size})")
+    if threads:
+        torch.set_num_threads(threads)
+    out_path = Path(out_path)
+    model = build_micro_clip(seed).to(device)
+    model.train()
+    tokenizer = open_clip.get_tokenizer(MICRO_ARCH)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98), eps=1e-6)
+    warmup = max(1, steps // 20) if warmup is None else max(1, warmup)
+    batch_seed = lambda i: seed * 1_000_003 + i  # noqa: E731 - one seeded batch per step
+
+    losses: list[float] = []
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1) as pool:  # draw the next batch while this one trains
+        pending = pool.submit(sample_pretrain_batch, batch_seed(0), batch_size)
+        bar = tqdm(range(steps), desc="pretrain-micro", disable=not progress, unit="step")
+        for step in bar:
+            images, captions, _ = pending.result()
+            if step + 1 < steps:
+                pending = pool.submit(sample_pretrain_batch, batch_seed(step + 1), batch_size)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, steps, lr, warmup)
+            loss = contrastive_step_loss(model, tokenizer, images, captions)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            losses.append(loss.item())
+            if step % 10 == 0 or step + 1 == steps:
+                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
+    seconds = time.perf_counter() - start
+    zs = evaluate_zero_shot(model, tokenizer, eval_per_class) if eval_per_class > 0 else {}
+    save_weights(model, out_path)
+    result = PretrainResult(
+        path=str(out_path), arch=MICRO_ARCH, steps=steps, batch_size=batch_size, seed=seed, lr=lr,
+        seconds=round(seconds, 1), device=str(device), torch_threads=torch.get_num_threads(),
+        first_loss=float(np.mean(losses[:10])), final_loss=float(np.mean(losses[-10:])),
+        losses=[round(x, 4) for x in losses], **zs,
+        command=command or f"ulfine.micro.pretrain.pretrain({str(out_path)!r}, steps={steps}, "
+        f"batch_size={batch_size}, seed={seed}, lr={lr}, weight_decay={weight_decay}, device={device!r})",
+    )
+    out_path.with_suffix(".json").write_text(json.dumps(asdict(result), indent=1) + "\n")
+    return result

@@ -1,0 +1,64 @@
+"""The procedural world: deterministic, captions true to the pixels' attributes, hold-out kept."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ulfine.micro import world as W
+
+
+def test_same_seed_same_images_and_captions() -> None:
+    a_img, a_cap, _ = W.sample_pretrain_batch(7, 24)
+    b_img, b_cap, _ = W.sample_pretrain_batch(7, 24)
+    assert a_img.dtype == np.uint8 and a_img.shape == (24, 32, 32, 3)
+    assert np.array_equal(a_img, b_img)
+    assert a_cap == b_cap
+
+
+def test_different_seeds_differ() -> None:
+    a_img, a_cap, _ = W.sample_pretrain_batch(1, 24)
+    b_img, b_cap, _ = W.sample_pretrain_batch(2, 24)
+    assert not np.array_equal(a_img, b_img)
+    assert a_cap != b_cap
+
+
+def test_captions_match_attributes() -> None:
+    _, caps, attrs = W.sample_pretrain_batch(3, 200)
+    for i, cap in enumerate(caps):
+        words = cap.rstrip(".").split()
+        colour, shape = W.COLOUR_NAMES[attrs.colour[i]], W.SHAPES[attrs.shape[i]]
+        # colour and shape always appear, as the adjacent pair "<colour> <shape>"
+        assert f"{colour} {shape}" in cap, cap
+        assert [w for w in words if w in W.COLOUR_NAMES] == [colour]
+        assert [w for w in words if w in W.SHAPES] == [shape]
+        sizes = [w for w in words if w in W.SIZES]
+        assert sizes in ([], [W.SIZES[attrs.size[i]]]), cap
+        textures = [w for w in words if w in W.TEXTURES]
+        assert textures in ([], [W.TEXTURES[attrs.texture[i]]]) and "solid" not in textures
+        # the size word agrees with the drawn radius
+        lo, hi = W.SIZE_RADIUS[W.SIZES[attrs.size[i]]]
+        assert lo <= attrs.radius[i] <= hi
+
+
+def test_pretraining_never_shows_held_out_pairs() -> None:
+    _, _, attrs = W.sample_pretrain_batch(5, 2000)
+    assert not any(W.is_held_out(c, s) for c, s in zip(attrs.colour, attrs.shape))
+    held = [(c, s) for c in range(8) for s in range(8) if W.is_held_out(c, s)]
+    assert len(held) == 16  # two per colour, two per shape
+    assert sorted({c for c, _ in held}) == list(range(8)) and sorted({s for _, s in held}) == list(range(8))
+
+
+def test_render_draws_the_object_in_its_colour() -> None:
+    """A clean large red square centred in the image: centre pixel is exactly the red, corner is grey."""
+    style = W.Style(noise=0.0, clutter=(0, 0), light=0.0, bg_colour=0.0, bg_gradient=0.0, bg_level=(50.0, 50.0))
+    attrs = W.Attributes(
+        colour=np.array([W.COLOUR_NAMES.index("red")]), shape=np.array([W.SHAPES.index("square")]),
+        size=np.array([2]), texture=np.array([0]), cx=np.array([16.0]), cy=np.array([16.0]),
+        radius=np.array([10.0]), angle=np.array([0.0]), seed=np.array([0]),
+    )
+    img = W.render(attrs, style)[0]
+    assert tuple(img[16, 16]) == W.COLOURS["red"]
+    assert tuple(img[0, 0]) == (50, 50, 50)
+    # square half-width 0.8 * 10 = 8 px around the centre: pixel 9 px away is background
+    assert tuple(img[16, 16 + 9]) == (50, 50, 50)
+    assert tuple(img[16, 16 + 7]) == W.COLOURS["red"]
