@@ -62,6 +62,18 @@ class PeerDataset(Dataset):
         return self.weak(img), int(self.labels[i])
 
 
+def _rate(one, device: torch.device, batches: int) -> dict[str, float]:  # noqa: ANN001
+    """Images/s of ``batches`` calls of ``one()`` (which returns its image count), after one
+    untimed warm-up call (workers start, first batch)."""
+    one()
+    sync(device)
+    t0 = time.perf_counter()
+    n = sum(one() for _ in range(batches))
+    sync(device)
+    dt = time.perf_counter() - t0
+    return {"images": n, "seconds": dt, "images_per_s": n / dt}
+
+
 def _ours(data, device: torch.device, size: int, batch: int, mu: int, workers: int,  # noqa: ANN001
           batches: int) -> dict[str, float]:
     from ulfine.data import DeviceNormalizer, ssl_batches
@@ -76,13 +88,7 @@ def _ours(data, device: torch.device, size: int, batch: int, mu: int, workers: i
         assert out[0].shape[-1] == size
         return sum(len(v) for v in views)
 
-    one()  # warm-up (workers start, first batch)
-    sync(device)
-    t0 = time.perf_counter()
-    n = sum(one() for _ in range(batches))
-    sync(device)
-    dt = time.perf_counter() - t0
-    return {"images": n, "seconds": dt, "images_per_s": n / dt}
+    return _rate(one, device, batches)
 
 
 def _peers(data, device: torch.device, size: int, batch: int, mu: int, workers: int,  # noqa: ANN001
@@ -104,13 +110,7 @@ def _peers(data, device: torch.device, size: int, batch: int, mu: int, workers: 
         assert out[0].shape[-1] == size
         return sum(len(v) for v in views)
 
-    one()
-    sync(device)
-    t0 = time.perf_counter()
-    n = sum(one() for _ in range(batches))
-    sync(device)
-    dt = time.perf_counter() - t0
-    return {"images": n, "seconds": dt, "images_per_s": n / dt}
+    return _rate(one, device, batches)
 
 
 def run_pipeline(device: torch.device, *, size: int = 224, batch: int = 32, mu: int = 1,

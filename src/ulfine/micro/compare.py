@@ -181,6 +181,20 @@ def rows_from_json(data: Sequence[dict[str, Any]]) -> list[Row]:
 
 
 # ---------------------------------------------------------------------------------- plots
+def _save_accuracy_plot(fig, ax, title: str, path: Path, top: float) -> Path:  # noqa: ANN001
+    """Shared finish of the report's accuracy plots: labels, legend, PNG, close."""
+    import matplotlib.pyplot as plt
+
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, top)
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_groups(rows: Sequence[Row], path: Path, title: str) -> Path:
     """Grouped bars: overall / head / medium / tail accuracy per method."""
     import matplotlib
@@ -195,14 +209,7 @@ def plot_groups(rows: Sequence[Row], path: Path, title: str) -> Path:
     for i, r in enumerate(rows):
         ax.bar(x + i * width - 0.4 + width / 2, [100 * getattr(r, c) for c in cols], width, label=r.label)
     ax.set_xticks(x, cols)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(title)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_accuracy_plot(fig, ax, title, path, top=100)
 
 
 def plot_per_class(rows: Sequence[Row], class_names: Sequence[str], path: Path, title: str) -> Path:
@@ -216,11 +223,4 @@ def plot_per_class(rows: Sequence[Row], class_names: Sequence[str], path: Path, 
     for r in rows:
         ax.plot(np.arange(len(r.per_class_acc)), [100 * a for a in r.per_class_acc], marker="o", ms=3, label=r.label)
     ax.set_xticks(np.arange(len(class_names)), class_names, rotation=70, fontsize=7)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 102)
-    ax.set_title(title)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_accuracy_plot(fig, ax, title, path, top=102)
