@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import ulfine.data
+from ulfine.errors import DataError
 from ulfine.engine import evaluate_run, train
 from ulfine.engine.runtime import make_runtime
 from ulfine.methods import METHODS, Method, StepOutput
@@ -89,6 +90,18 @@ def test_feature_cache_mode_matches_image_mode(tmp_path):
     assert _final(ra)["overall_acc"] == pytest.approx(_final(rb)["overall_acc"], abs=0.011)
 
 
+def test_cached_diagnostic_features_follow_the_seeded_subset(tmp_path):
+    """Regression: the unlabeled diagnostic subset depends on the seed even when the split does
+    not (selection=first); its cached features must not be reused for another seed's subset."""
+    common = ["method=zeroshot", "finetune=lp", "model.pretrained=micro", "data.selection=first",
+              f"cache.dir={tmp_path / 'shared-cache'}"]
+    train(tiny_config(tmp_path / "s0", *common, "seed=0"))
+    cached = _final(train(tiny_config(tmp_path / "s1", *common, "seed=1")))
+    fresh = _final(train(tiny_config(tmp_path / "s1i", *common, "seed=1", "cache.features=false")))
+    assert cached["pseudo_labels"]["confident_counts"] == fresh["pseudo_labels"]["confident_counts"]
+    assert cached["pseudo_labels"]["accuracy"] == pytest.approx(fresh["pseudo_labels"]["accuracy"])
+
+
 def test_unlabeled_ground_truth_never_reaches_training(tmp_path, monkeypatch):
     cfg_args = ("method=fixmatch", "finetune=lft", "ssl.tau=0.0")
     base = train(tiny_config(tmp_path / "a", *cfg_args))
@@ -126,6 +139,18 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path):
     again = evaluate_run(full, "test")  # reload config + EMA weights: same numbers
     assert again["weights"] == "ema.safetensors"
     assert again["per_class_acc"] == fa["per_class_acc"] and again["ece"] == pytest.approx(fa["ece"])
+
+
+def test_resume_refuses_data_that_gives_another_split(tmp_path, monkeypatch):
+    """Regression: data.root may change on resume, but the split drawn there must be the saved one."""
+    args = ("method=supervised", "finetune=lp")
+    part = train(tiny_config(tmp_path, *args, "train.max_steps=1"))
+    saved = (part / "split.json").read_text()
+    real = ulfine.data.build_ssl_data
+    monkeypatch.setattr(ulfine.data, "build_ssl_data", lambda cfg, seed: real(cfg, seed + 1))
+    with pytest.raises(DataError, match="differs from the saved one"):
+        train(tiny_config(tmp_path, *args, "resume=true"))
+    assert (part / "split.json").read_text() == saved  # the record was not overwritten
 
 
 def test_grad_accumulation_matches_one_big_batch(tmp_path):

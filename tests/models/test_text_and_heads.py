@@ -78,6 +78,18 @@ def test_prototype_head_hand_computed():
     torch.testing.assert_close(fixed(torch.tensor([[2.0, 0.0]])), expected[:1])
 
 
+def test_prototype_head_logits_stay_float32_under_bf16_autocast():
+    """Regression: under autocast the cosine matmul ran in bf16, rounding logits at scale 100."""
+    torch.manual_seed(0)
+    head = PrototypeHead(torch.randn(5, 16), logit_scale=100.0)
+    f = torch.randn(8, 16)
+    ref = head(f)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = head(f)
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z, ref, rtol=0, atol=1e-4)  # bf16 was off by up to ~0.1
+
+
 def test_zero_shot_logits_match_manual(make_tiny, images):
     b = make_tiny()
     protos = text_prototypes(b, CLASSES, TEMPLATES)

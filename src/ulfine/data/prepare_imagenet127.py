@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = prepare(args.train, args.val, args.mapping, args.out, args.size, args.resample,
                       args.test_per_class, args.seed, args.workers, args.val_labels, args.allow_missing)
     except DataError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out}; train with data.dataset=imagenet127 data.root={args.out} "
           f"data.image_size={args.size}")

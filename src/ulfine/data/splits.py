@@ -309,7 +309,8 @@ def check_split(data: SSLData, path: Path) -> None:
     record = load_split(path)
     if record["hash"] != data.split_hash:
         raise DataError(f"the split drawn now ({data.split_hash[:12]}) differs from the saved one "
-                        f"({record['hash'][:12]}) at {path}; the data or split options changed")
+                        f"({record['hash'][:12]}) at {path}; the data or split options changed "
+                        "(point data.root at the run's data)")
 
 
 def _assemble(cfg: DataConfig, source: SourceData, roles: dict[str, RoleIndices], seed: int) -> SSLData:

@@ -156,10 +156,11 @@ def build_eval_sets(parts: "RunParts", cfg: "Config", rt: "Runtime", use_feature
 
     data = parts.data
 
-    def make(name: str, images: Any) -> EvalSet:
+    def make(name: str, images: Any, indices: np.ndarray | None = None) -> EvalSet:
         labels = np.asarray(images.labels)
         if use_features:
-            return EvalSet(name, labels, features=set_features(parts, images, name, cfg, rt))
+            feats = set_features(parts, images, name, cfg, rt, indices=indices)
+            return EvalSet(name, labels, features=feats)
         return EvalSet(name, labels, images=images)
 
     test = make("test", data.test)
@@ -170,7 +171,8 @@ def build_eval_sets(parts: "RunParts", cfg: "Config", rt: "Runtime", use_feature
     if data.unlabeled is not None and len(data.unlabeled):
         sub = pseudo_label_subset(data.unlabeled.labels, cfg.eval.pseudo_label_max, cfg.seed)
         if sub is not None:
-            unl = make("unlabeled_diagnostics", data.unlabeled.subset(sub))
+            # the subset depends on seed and pseudo_label_max, not only on the split: key its rows
+            unl = make("unlabeled_diagnostics", data.unlabeled.subset(sub), indices=sub)
     return EvalSets(test, val, unl)
 
 
@@ -214,7 +216,8 @@ def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
     also written to ``RUN_DIR/eval_<split>.json``.
     """
     from ..config import load_saved_config
-    from ..data import build_ssl_data
+    from ..data import build_ssl_data, check_split
+    from ..data.splits import SPLIT_FILE
     from ..methods.base import METHODS
     from .build import build_parts
     from .feature_mode import uses_features
@@ -228,14 +231,8 @@ def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
     rt = make_runtime(cfg.train.device, cfg.train.precision)
     seed_everything(cfg.seed)
     data = build_ssl_data(cfg.data, cfg.seed)
-    saved = run_dir / "split.json"
-    if saved.is_file():
-        recorded = json.loads(saved.read_text()).get("hash")
-        if recorded is not None and recorded != data.split_hash:
-            raise DataError(
-                f"the data under {cfg.data.root} gives a different split than {saved} "
-                f"({data.split_hash} != {recorded}); point data.root at the run's data"
-            )
+    if (run_dir / SPLIT_FILE).is_file():
+        check_split(data, run_dir)
     parts = build_parts(cfg, rt.device, data)
     weights = load_run_weights(parts.method, run_dir)
     sets = build_eval_sets(parts, cfg, rt, uses_features(cfg, METHODS.get(cfg.method)))

@@ -32,10 +32,13 @@ def uses_features(cfg: "Config", method_cls: type["Method"]) -> bool:
     return cfg.finetune == "lp" and not cfg.data.augment and not method_cls.uses_unlabeled
 
 
-def set_features(parts: "RunParts", images: Any, role: str, cfg: "Config", rt: "Runtime") -> torch.Tensor:
+def set_features(parts: "RunParts", images: Any, role: str, cfg: "Config", rt: "Runtime",
+                 indices: np.ndarray | None = None) -> torch.Tensor:
     """(N, D) float32 CPU features of ``images`` from the frozen tower (cached on disk).
 
-    The main process fills the cache first; the others then read it.
+    ``indices`` names the rows when ``images`` is a subset of a role that the split hash does not
+    pin down (the seeded unlabeled diagnostic subset). The main process fills the cache first;
+    the others then read it.
     """
     from ..features import cached_features, feature_cache_key
 
@@ -44,6 +47,7 @@ def set_features(parts: "RunParts", images: Any, role: str, cfg: "Config", rt: "
         arch=cfg.model.arch,
         dataset=cfg.data.dataset,
         role=role,
+        indices=indices,
         split_hash=getattr(parts.data, "split_hash", None),
     )
     with rt.accelerator.main_process_first(), rt.autocast():

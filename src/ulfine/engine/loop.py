@@ -150,8 +150,10 @@ def host_stream(parts: RunParts, cfg: "Config", rt: Runtime, start_step: int,
 
 
 # ------------------------------------------------------------------------------ training
-def _scalar(v: Any) -> float:
-    return float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
+def _scalar(v: Any) -> torch.Tensor | float:
+    """A log value kept on its device: converting to a Python float every step would force a
+    device synchronisation per logged key; the window is converted once per ``log_every``."""
+    return v.detach().float().mean() if isinstance(v, torch.Tensor) else float(v)
 
 
 def _log_params(parts: RunParts, n_trainable: int, rt: Runtime, cfg: "Config") -> None:
@@ -189,12 +191,17 @@ def train(cfg: "Config") -> Path:
 
 def _train(cfg: "Config", run_dir: Path, rt: Runtime, method_cls: Any, feature_mode: bool,
            set_features: Any) -> Path:
-    from ..data import build_ssl_data
+    from ..data import build_ssl_data, check_split
+    from ..data.splits import SPLIT_FILE
 
-    micro = check_batch(cfg, rt.world_size) if method_cls.trains else 0
+    if method_cls.trains:
+        check_batch(cfg, rt.world_size)  # fails early on an uneven batch split
     log.info("run folder %s; autocast %s", run_dir, rt.autocast_dtype or "off (fp32)")
     seed_everything(cfg.seed)
     data = build_ssl_data(cfg.data, cfg.seed)
+    if cfg.resume and (run_dir / SPLIT_FILE).is_file():
+        # data.root may change on resume: the data found there must give the same split
+        check_split(data, run_dir)
     if rt.is_main:
         data.save_split(run_dir)
     parts = build_parts(cfg, rt.device, data)
@@ -268,7 +275,7 @@ def _train(cfg: "Config", run_dir: Path, rt: Runtime, method_cls: Any, feature_m
     if method_cls.trains and step < stop:
         stream = host_stream(parts, cfg, rt, step, labeled_feats)
         method.train()
-        window: dict[str, list[float]] = defaultdict(list)
+        window: dict[str, list[torch.Tensor | float]] = defaultdict(list)
         window_images, t_window = 0, time.perf_counter()
         normalizer = None if feature_mode else parts.normalizer
         while step < stop:
@@ -301,7 +308,7 @@ def _train(cfg: "Config", run_dir: Path, rt: Runtime, method_cls: Any, feature_m
             window_images += n_img
             if step % cfg.train.log_every == 0 or step == stop:
                 dt = max(1e-9, time.perf_counter() - t_window)
-                logs = {k: sum(v) / len(v) for k, v in window.items()}
+                logs = {k: sum(float(x) for x in v) / len(v) for k, v in window.items()}
                 logs["lr"] = scheduler.get_last_lr()[0]
                 logs["images_per_s"] = window_images / dt
                 reporter.scalars("train", logs, step)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import METHODS, Method, MethodContext, SSLBatch, StepOutput
@@ -27,12 +26,13 @@ class ZeroShot(Method):
 
     def __init__(self, cfg: "Config", backbone: nn.Module, ctx: MethodContext) -> None:
         super().__init__(cfg, backbone, ctx)
-        self.register_buffer("prototypes", F.normalize(ctx.text_prototypes.float(), dim=-1))
+        from ..models.heads import PrototypeHead
+
+        self.head = PrototypeHead(ctx.text_prototypes, ctx.logit_scale, learnable=False)
 
     def training_step(self, batch: SSLBatch) -> StepOutput:
         raise RuntimeError("zeroshot does not train")
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        f = F.normalize(self.features(images).float(), dim=-1)
-        return self.ctx.logit_scale * f @ self.prototypes.to(f.device).T
+        return self.head(self.features(images))

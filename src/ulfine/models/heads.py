@@ -38,6 +38,9 @@ class PrototypeHead(nn.Module):
         self.logit_scale = float(logit_scale)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        f = F.normalize(features.float(), dim=-1)
-        c = F.normalize(self.prototypes, dim=-1)
-        return self.logit_scale * f @ c.t()
+        # float32 even under autocast: bf16 cosine logits at CLIP's scale (~100) are rounded to
+        # steps of 0.125-0.5, which blurs softmax confidences and the pseudo-label threshold.
+        with torch.autocast(features.device.type, enabled=False):
+            f = F.normalize(features.float(), dim=-1)
+            c = F.normalize(self.prototypes.float(), dim=-1)
+            return self.logit_scale * f @ c.t()
