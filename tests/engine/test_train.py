@@ -153,12 +153,18 @@ def test_resume_refuses_data_that_gives_another_split(tmp_path, monkeypatch):
     assert (part / "split.json").read_text() == saved  # the record was not overwritten
 
 
-def test_grad_accumulation_matches_one_big_batch(tmp_path):
-    a = train(tiny_config(tmp_path / "a", "method=fixmatch", "finetune=lft"))
-    b = train(tiny_config(tmp_path / "b", "method=fixmatch", "finetune=lft", "optim.grad_accum=2"))
+@pytest.mark.parametrize("method", ["fixmatch", "ulfine"])
+def test_grad_accumulation_matches_one_big_batch(tmp_path, method):
+    # ulfine: the visual-prototype EMA and the momentum fitting see the whole step's batch too
+    extra = ["ulfine.mu_paf=0.5", "ssl.tau=0.1"] if method == "ulfine" else []
+    a = train(tiny_config(tmp_path / "a", f"method={method}", "finetune=lft", *extra))
+    b = train(tiny_config(tmp_path / "b", f"method={method}", "finetune=lft", "optim.grad_accum=2", *extra))
     wa, wb = load_file(a / "weights.safetensors"), load_file(b / "weights.safetensors")
+    assert set(wa) == set(wb)
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+    if method == "ulfine":
+        assert wa["alpha"].max() == 0.5  # PAF really ran: a class has the largest P_u
 
 
 class _DtypeProbe(Method):

@@ -145,6 +145,8 @@ def test_training_step_updates_visual_prototypes_and_memory():
     before = m.visual_prototypes.clone()
     batch = _batch()
     out = m.training_step(batch)
+    assert torch.equal(m.visual_prototypes, before)  # C_v moves after the optimiser step
+    m.after_optimizer_step()
     f_l = F.normalize(m.backbone.encode_image(batch.x_l), dim=-1).detach()
     # class 0: samples 0, 1, 3; class 2: sample 2; class 1 absent -> unchanged
     exp0 = F.normalize(0.5 * before[0] + 0.5 * f_l[[0, 1, 3]].mean(0), dim=0)

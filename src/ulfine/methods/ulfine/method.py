@@ -90,6 +90,10 @@ class ULFine(Method):
         self.register_buffer("memory_conf", torch.zeros(ctx.num_unlabeled))
         self.register_buffer("labeled_counts", ctx.labeled_counts.detach().float().clone())
         self.register_buffer("alpha", torch.zeros(k))
+        # labeled per-class feature sums of the current optimiser step (summed over its
+        # accumulation micro-batches); the visual-prototype EMA uses them after the step
+        self.register_buffer("step_sums", torch.zeros_like(text), persistent=False)
+        self.register_buffer("step_counts", torch.zeros(k), persistent=False)
 
     # -- prototypes ---------------------------------------------------------------------------
     @property
@@ -152,10 +156,8 @@ class ULFine(Method):
         if self.opts.paf:
             with torch.no_grad():
                 sums, counts = paf.class_feature_sums(f_l, batch.y_l, self.ctx.num_classes)
-                sums, counts = _all_reduce_sum(sums), _all_reduce_sum(counts)
-                self.visual_prototypes.copy_(
-                    paf.ema_visual_prototypes(self.visual_prototypes, sums, counts, self.opts.beta)
-                )
+                self.step_sums.add_(sums.to(self.step_sums.dtype))
+                self.step_counts.add_(counts.to(self.step_counts.dtype))
 
         pseudo: PseudoLabels | None = None
         if f_uw is not None and f_us is not None:
@@ -191,9 +193,17 @@ class ULFine(Method):
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        """PAF's confidence-aware momentum fitting of C_t toward C_v, then re-normalisation."""
+        """PAF after each optimiser step: the visual-prototype EMA over the step's labeled batch
+        (all its accumulation micro-batches, all processes), then the confidence-aware momentum
+        fitting of C_t toward C_v and re-normalisation."""
         if not self.opts.paf:
             return
+        sums, counts = _all_reduce_sum(self.step_sums.clone()), _all_reduce_sum(self.step_counts.clone())
+        self.visual_prototypes.copy_(
+            paf.ema_visual_prototypes(self.visual_prototypes, sums, counts, self.opts.beta)
+        )
+        self.step_sums.zero_()
+        self.step_counts.zero_()
         pu = paf.pseudo_label_distribution(
             self.memory_label, self.memory_conf, self.ctx.num_classes, self.opts.pu_stat
         )
