@@ -138,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UlfineError(f"run folder {run_dir} does not exist")
-    metrics = evaluate_run(run_dir, split=args.split)
+    metrics = evaluate_run(run_dir, split=args.split, overrides=args.overrides)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -212,8 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="re-evaluate a finished run",
-                       description="Reload RUN_DIR's config and weights and evaluate them.")
+                       description="Reload RUN_DIR's config and weights and evaluate them. "
+                       "Overrides may change only where and how it runs: train.device, "
+                       "train.precision, data.root, data.num_workers, eval.batch_size, cache.*.")
     p.add_argument("run_dir", help="a run folder written by `ulfine train`")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. train.device=cpu data.root=/datasets")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.set_defaults(func=cmd_eval)

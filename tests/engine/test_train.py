@@ -198,3 +198,19 @@ def test_bf16_autocast_is_really_on_cpu(tmp_path):
     assert set(_DtypeProbe.seen) == {torch.float32}
     rt = make_runtime("cpu", "auto")
     assert rt.precision == "fp32" and rt.autocast_dtype is None
+
+
+def test_eval_overrides_change_only_where_it_runs(tmp_path, capsys):
+    from ulfine.cli import main
+    from ulfine.errors import ConfigError
+
+    run = train(tiny_config(tmp_path, "method=zeroshot", "finetune=lp"))
+    m = _final(run)
+    again = evaluate_run(run, "test", overrides=["eval.batch_size=7", "data.num_workers=0"])
+    assert again["overall_acc"] == m["overall_acc"] and again["per_class_acc"] == m["per_class_acc"]
+    with pytest.raises(ConfigError, match="can only override"):
+        evaluate_run(run, "test", overrides=["method=fixmatch"])
+    assert main(["eval", str(run), "ssl.tau=0.2"]) == 2  # what was trained stays as saved
+    assert "can only override" in capsys.readouterr().err
+    assert main(["eval", str(run), "eval.batch_size=5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["overall_acc"] == m["overall_acc"]

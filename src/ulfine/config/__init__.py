@@ -1,6 +1,7 @@
 """Typed configuration: the schema (defaults in one place) and its loader."""
 
 from .loader import (
+    build_config,
     config_dir,
     config_to_dict,
     deep_merge,
@@ -29,6 +30,6 @@ from .schema import (
 __all__ = [
     "CacheConfig", "Config", "DataConfig", "EvalConfig", "FineSSLConfig", "LogitAdjustConfig",
     "ModelConfig", "OptimConfig", "PEFTConfig", "SSLConfig", "TrainConfig", "ULFineConfig",
-    "config_dir", "config_to_dict", "deep_merge", "list_presets", "load_config",
+    "build_config", "config_dir", "config_to_dict", "deep_merge", "list_presets", "load_config",
     "load_saved_config", "parse_overrides", "preset_dir", "save_config",
 ]

@@ -209,13 +209,20 @@ def load_run_weights(method: "Method", run_dir: Path) -> str:
     return path.name
 
 
-def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
+#: keys ``ulfine eval`` may change: where and how to compute, never what was trained
+EVAL_OVERRIDABLE = ("train.device", "train.precision", "data.root", "data.num_workers",
+                    "eval.batch_size", "cache.")
+
+
+def evaluate_run(run_dir: Path, split: str = "test", overrides: list[str] | None = None) -> dict[str, Any]:
     """Rebuild a finished run from ``config.yaml`` + weights and recompute its metrics on ``split``.
 
     The split is re-drawn from the saved config and checked against ``split.json``; the result is
-    also written to ``RUN_DIR/eval_<split>.json``.
+    also written to ``RUN_DIR/eval_<split>.json``. ``overrides`` (``key=value``) may change only
+    where and how the evaluation runs (:data:`EVAL_OVERRIDABLE`, e.g. ``train.device=cpu`` to
+    re-evaluate a GPU run on a laptop, ``data.root=...`` when the data moved).
     """
-    from ..config import load_saved_config
+    from ..config import build_config, config_to_dict, deep_merge, load_saved_config, parse_overrides
     from ..data import build_ssl_data, check_split
     from ..data.splits import SPLIT_FILE
     from ..methods.base import METHODS
@@ -228,6 +235,12 @@ def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
     if split not in ("test", "val"):
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
     cfg = load_saved_config(run_dir / "config.yaml")
+    if overrides:
+        bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(EVAL_OVERRIDABLE)]
+        if bad:
+            raise ConfigError(f"ulfine eval can only override {', '.join(EVAL_OVERRIDABLE)} "
+                              f"(got {', '.join(bad)}); what was trained stays as saved")
+        cfg = build_config(deep_merge(config_to_dict(cfg), parse_overrides(overrides)))
     rt = make_runtime(cfg.train.device, cfg.train.precision)
     seed_everything(cfg.seed)
     data = build_ssl_data(cfg.data, cfg.seed)
