@@ -10,6 +10,7 @@ weights, split and preprocessing) and feeds the 2-D features to the method
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,20 @@ def uses_features(cfg: "Config", method_cls: type["Method"]) -> bool:
     return cfg.finetune == "lp" and not cfg.data.augment and not method_cls.uses_unlabeled
 
 
+_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def _tower_fingerprint(backbone: torch.nn.Module) -> str:
+    """The frozen image tower's weights fingerprint, hashed once per backbone (feature mode only
+    runs with a frozen tower, so its weights cannot change while the backbone lives)."""
+    from ..features import weights_fingerprint
+
+    fp = _FINGERPRINTS.get(backbone)
+    if fp is None:
+        fp = _FINGERPRINTS[backbone] = weights_fingerprint(getattr(backbone, "visual", backbone))
+    return fp
+
+
 def set_features(parts: "RunParts", images: Any, role: str, cfg: "Config", rt: "Runtime",
                  indices: np.ndarray | None = None) -> torch.Tensor:
     """(N, D) float32 CPU features of ``images`` from the frozen tower (cached on disk).
@@ -44,6 +59,7 @@ def set_features(parts: "RunParts", images: Any, role: str, cfg: "Config", rt: "
 
     key = feature_cache_key(
         parts.backbone,
+        weights=_tower_fingerprint(parts.backbone),
         arch=cfg.model.arch,
         dataset=cfg.data.dataset,
         role=role,
