@@ -135,6 +135,11 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path):
             torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
     fa, fb = _final(full), _final(resumed)
     assert fb["steps"] == 4 and fb["images_seen"] == fa["images_seen"]
+    # metrics.jsonl of the resumed run holds the same evaluations as the uninterrupted one: the
+    # unscheduled stop-point evaluation (step 3) is dropped when the run continues, none twice
+    steps = [[json.loads(line)["step"] for line in (r / "metrics.jsonl").read_text().splitlines()]
+             for r in (full, resumed)]
+    assert steps[0] == steps[1] == [2, 4]
     assert fb["overall_acc"] == fa["overall_acc"] and fb["last_k_mean"] == fa["last_k_mean"]
     again = evaluate_run(full, "test")  # reload config + EMA weights: same numbers
     assert again["weights"] == "ema.safetensors"

@@ -45,16 +45,29 @@ class Reporter:
         self.bar = None
         if not enabled:
             return
+        if initial > 0:  # resumed: what was logged after the checkpoint is about to be redone
+            self._rewind_metrics(initial)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tb"))
+            # purge_step drops TensorBoard events logged after the checkpoint's step
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=initial or None)
         except Exception as exc:  # tensorboard missing or broken: keep training, say so once
             log.warning("TensorBoard disabled: %s", exc)
         if progress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+
+    def _rewind_metrics(self, step: int) -> None:
+        """Keep only the metrics.jsonl evaluations made up to ``step`` (the resumed checkpoint)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step
+                and not json.loads(line).get("final")]
+        path.write_text("".join(line + "\n" for line in kept))
 
     def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
         if self.writer is None:
