@@ -48,7 +48,7 @@ def _host_batches(images: ImageSet, batch_size: int) -> Iterator[list[np.ndarray
 
 
 def _to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)  # (B,3,H,W) uint8
+    x = torch.from_numpy(np.require(batch, requirements=["C", "W"])).permute(0, 3, 1, 2)  # (B,3,H,W) uint8
     return x.to(device, non_blocking=True)
 
 
