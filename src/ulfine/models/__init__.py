@@ -6,7 +6,7 @@ Importing this package registers ulfine's tiny architecture ``ulfine-micro-vit``
 from .archs import MICRO_ARCH, register_archs
 from .backbone import BACKBONES, CLIPBackbone, PreprocessConfig, build_backbone
 from .finetune import FINETUNE_MODES, ParamSummary, apply_finetune, count_parameters
-from .heads import LinearHead, PrototypeHead
+from .heads import LinearHead, PrototypeHead, cosine_logits
 from .peft import PEFT_MODULES
 from .text import text_prototypes
 from .weights import MICRO_WEIGHTS, WeightSource, resolve_weights
@@ -19,6 +19,7 @@ __all__ = [
     "CLIPBackbone",
     "FINETUNE_MODES",
     "LinearHead",
+    "cosine_logits",
     "MICRO_ARCH",
     "MICRO_WEIGHTS",
     "PEFT_MODULES",

@@ -21,6 +21,16 @@ class LinearHead(nn.Module):
         return self.fc(features)
 
 
+def cosine_logits(features: torch.Tensor, prototypes: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """``s * normalise(f) @ normalise(C)^T`` in float32, even under autocast: bf16 cosine logits at
+    CLIP's scale (~100) are rounded to steps of 0.125-0.5, which blurs softmax confidences and the
+    pseudo-label threshold."""
+    with torch.autocast(features.device.type, enabled=False):
+        f = F.normalize(features.float(), dim=-1)
+        c = F.normalize(prototypes.float(), dim=-1)
+        return logit_scale * f @ c.t()
+
+
 class PrototypeHead(nn.Module):
     """Cosine classifier ``s * normalise(f) @ normalise(C)^T`` (FineSSL/LIFT, ULFine's branch).
 
@@ -38,9 +48,4 @@ class PrototypeHead(nn.Module):
         self.logit_scale = float(logit_scale)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        # float32 even under autocast: bf16 cosine logits at CLIP's scale (~100) are rounded to
-        # steps of 0.125-0.5, which blurs softmax confidences and the pseudo-label threshold.
-        with torch.autocast(features.device.type, enabled=False):
-            f = F.normalize(features.float(), dim=-1)
-            c = F.normalize(self.prototypes.float(), dim=-1)
-            return self.logit_scale * f @ c.t()
+        return cosine_logits(features, self.prototypes, self.logit_scale)

@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ...models.heads import cosine_logits
+
 NO_PSEUDO_LABEL = -1  # memory entry of an unlabeled sample without a confident pseudo-label
 
 
@@ -132,13 +134,9 @@ def orthogonality_loss(prototypes: torch.Tensor) -> torch.Tensor:
     return off.pow(2).sum() / (k * (k - 1))
 
 
-def prototype_logits(
-    features: torch.Tensor, prototypes: torch.Tensor, logit_scale: float
-) -> torch.Tensor:
-    """z^t(x) = s * f^(x) . C^_t^T, the CLIP-style cosine logits [R: s = the model's logit scale]."""
-    f = F.normalize(features, dim=-1)
-    c = F.normalize(prototypes.to(f.dtype), dim=-1)
-    return logit_scale * f @ c.t()
+#: z^t(x) = s * f^(x) . C^_t^T, the CLIP-style cosine logits [R: s = the model's logit scale];
+#: the same function PrototypeHead runs (float32 under autocast)
+prototype_logits = cosine_logits
 
 
 def angles_degrees(prototypes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
