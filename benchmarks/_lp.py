@@ -24,7 +24,8 @@ def run_lp(arch: str, device: torch.device, *, num_images: int, batch: int = 256
     reads rows of the memory-mapped feature matrix written by ``ulfine.features``.
     """
     from ulfine.config.schema import ModelConfig
-    from ulfine.data import DeviceNormalizer, ImageSet
+    from ulfine.data import ImageSet
+    from ulfine.models import DeviceNormalizer
     from ulfine.features import cached_features, feature_cache_key
     from ulfine.models import LinearHead, apply_finetune, build_backbone
 

@@ -76,7 +76,8 @@ def _rate(one, device: torch.device, batches: int) -> dict[str, float]:  # noqa:
 
 def _ours(data, device: torch.device, size: int, batch: int, mu: int, workers: int,  # noqa: ANN001
           batches: int) -> dict[str, float]:
-    from ulfine.data import DeviceNormalizer, ssl_batches
+    from ulfine.data import ssl_batches
+    from ulfine.models import DeviceNormalizer
 
     norm = DeviceNormalizer(size, CLIP_MEAN, CLIP_STD, "bicubic").to(device)
     stream = ssl_batches(data, batch, mu, seed=0, num_workers=workers)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from ulfine.config import DataConfig
-from ulfine.data import DeviceNormalizer, build_ssl_data, eval_batches, ssl_batches, strong_view, weak_view
+from ulfine.data import build_ssl_data, eval_batches, ssl_batches, strong_view, weak_view
 from ulfine.data.views import crop_padding
+from ulfine.models import DeviceNormalizer
 
 
 @pytest.fixture(scope="module")

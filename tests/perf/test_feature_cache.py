@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from ulfine.data import DeviceNormalizer, ImageSet
+from ulfine.data import ImageSet
+from ulfine.models import DeviceNormalizer
 from ulfine.features import cached_features, feature_cache_key, weights_fingerprint
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

@@ -23,10 +23,10 @@ from .splits import (
     realised_counts,
     split_hash,
 )
-from .views import DeviceNormalizer, build_views, strong_view, test_view, weak_view
+from .views import build_views, strong_view, test_view, weak_view
 
 __all__ = [
-    "DATASETS", "UNKNOWN_LABEL", "DatasetSpec", "DeviceNormalizer", "HostBatch", "ImageSet",
+    "DATASETS", "UNKNOWN_LABEL", "DatasetSpec", "HostBatch", "ImageSet",
     "SSLData", "SourceData", "SplitPlan", "StoredArray", "build_ssl_data", "build_views",
     "check_split", "class_counts", "eval_batches", "load_split", "order_unlabeled", "plan_counts",
     "realised_counts", "split_hash", "ssl_batches", "strong_view", "test_view", "weak_view",

@@ -36,11 +36,9 @@ class RunParts:
 
 def build_normalizer(backbone: nn.Module) -> nn.Module:
     """The DeviceNormalizer matching the backbone's preprocessing (never guessed)."""
-    from ..data.views import DeviceNormalizer
+    from ..models import normalizer_for
 
-    pre = backbone.preprocess
-    size = pre.size if isinstance(pre.size, int) else pre.size[0]
-    return DeviceNormalizer(size, pre.mean, pre.std, pre.interpolation)
+    return normalizer_for(backbone.preprocess)
 
 
 def build_parts(cfg: "Config", device: torch.device, data: Any | None = None) -> RunParts:

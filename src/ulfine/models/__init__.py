@@ -7,6 +7,7 @@ from .archs import MICRO_ARCH, register_archs
 from .backbone import BACKBONES, CLIPBackbone, PreprocessConfig, build_backbone
 from .finetune import FINETUNE_MODES, ParamSummary, apply_finetune, count_parameters
 from .heads import LinearHead, PrototypeHead, cosine_logits
+from .preprocess import DeviceNormalizer, normalizer_for
 from .peft import PEFT_MODULES
 from .text import text_prototypes
 from .weights import MICRO_WEIGHTS, WeightSource, resolve_weights
@@ -17,6 +18,7 @@ register_archs()
 __all__ = [
     "BACKBONES",
     "CLIPBackbone",
+    "DeviceNormalizer",
     "FINETUNE_MODES",
     "LinearHead",
     "cosine_logits",
@@ -30,6 +32,7 @@ __all__ = [
     "apply_finetune",
     "build_backbone",
     "count_parameters",
+    "normalizer_for",
     "resolve_weights",
     "text_prototypes",
     "zero_shot_logits",
