@@ -24,7 +24,7 @@ def run_lp(arch: str, device: torch.device, *, num_images: int, batch: int = 256
     reads rows of the memory-mapped feature matrix written by ``ulfine.features``.
     """
     from ulfine.config.schema import ModelConfig
-    from ulfine.data import ImageSet
+    from ulfine.data import ImageSet, eval_batches
     from ulfine.models import DeviceNormalizer
     from ulfine.features import cached_features, feature_cache_key
     from ulfine.models import LinearHead, apply_finetune, build_backbone
@@ -84,16 +84,17 @@ def run_lp(arch: str, device: torch.device, *, num_images: int, batch: int = 256
     with tempfile.TemporaryDirectory(prefix="ulfine-perf-cache-") as tmp:
         key = feature_cache_key(backbone, arch=arch, dataset="synthetic", role="labeled",
                                 indices=np.arange(num_images))
-        kwargs = {"key": key, "cache_dir": Path(tmp), "batch_size": batch, "device": device}
+        kwargs = {"key": key, "cache_dir": Path(tmp), "device": device}
+        batches = lambda: (x for x, _, _ in eval_batches(images, batch))  # noqa: E731
         sync(device)
         t0 = time.perf_counter()
         with autocast(device, amp):
-            cached_features(backbone, images, normalizer, **kwargs)
+            cached_features(backbone, batches, len(images), normalizer, **kwargs)
         sync(device)
         build_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         with autocast(device, amp):
-            feats = cached_features(backbone, images, normalizer, **kwargs)  # hit: mmap
+            feats = cached_features(backbone, batches, len(images), normalizer, **kwargs)  # hit: mmap
         open_s = time.perf_counter() - t0
         cached_epoch(feats, 99)  # warm-up
         uncached_epoch(99)

@@ -67,7 +67,7 @@ def build_steps(arch: str, device: torch.device, batch: dict[str, torch.Tensor])
     """(ours, naive) on the same random weights: ulfine backbone + AdaptFormer + FixMatch method,
     and the hand-written ViT copy of that tower."""
     from ulfine.config.schema import Config, ModelConfig, PEFTConfig
-    from ulfine.methods import METHODS, MethodContext, SSLBatch
+    from ulfine.methods import METHODS, MethodContext, Batch
     from ulfine.models import apply_finetune, build_backbone
 
     torch.manual_seed(0)
@@ -82,11 +82,11 @@ def build_steps(arch: str, device: torch.device, batch: dict[str, torch.Tensor])
                         feature_dim=backbone.embed_dim)
     # the naive copy is taken after injection, so it carries the very same adapter weights
     naive = NaiveViT.from_open_clip(backbone.visual).freeze_backbone()
-    method = METHODS.get("fixmatch")(cfg, backbone, ctx).to(device).train()
+    method = METHODS.get("fixmatch").from_config(cfg, backbone, ctx).to(device).train()
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.03,
                           momentum=0.9, weight_decay=5e-4)
     amp = autocast_dtype(device)
-    sslbatch = SSLBatch(**batch)
+    sslbatch = Batch(**batch)
 
     def our_step() -> torch.Tensor:
         with autocast(device, amp):

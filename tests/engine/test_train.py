@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import ulfine.data
+import ulfine.engine.assemble
 from ulfine.errors import DataError
 from ulfine.engine import evaluate_run, train
 from ulfine.engine.runtime import make_runtime
@@ -36,7 +36,7 @@ def small_test_set(monkeypatch):
         data.test = data.test.subset(np.sort(keep))
         return data
 
-    monkeypatch.setattr(ulfine.data, "build_ssl_data", build)
+    monkeypatch.setattr(ulfine.engine.assemble, "build_ssl_data", build)
 
 
 def _final(run_dir):
@@ -114,7 +114,7 @@ def test_unlabeled_ground_truth_never_reaches_training(tmp_path, monkeypatch):
         data.unlabeled = data.unlabeled.__class__(data.unlabeled.images, labels, data.unlabeled.image_size)
         return data
 
-    monkeypatch.setattr(ulfine.data, "build_ssl_data", permuted)
+    monkeypatch.setattr(ulfine.engine.assemble, "build_ssl_data", permuted)
     other = train(tiny_config(tmp_path / "b", *cfg_args))
     wa, wb = load_file(base / "weights.safetensors"), load_file(other / "weights.safetensors")
     assert wa.keys() == wb.keys()
@@ -153,7 +153,7 @@ def test_resume_refuses_data_that_gives_another_split(tmp_path, monkeypatch):
     part = train(tiny_config(tmp_path, *args, "train.max_steps=1"))
     saved = (part / "split.json").read_text()
     real = ulfine.data.build_ssl_data
-    monkeypatch.setattr(ulfine.data, "build_ssl_data", lambda cfg, seed: real(cfg, seed + 1))
+    monkeypatch.setattr(ulfine.engine.assemble, "build_ssl_data", lambda cfg, seed: real(cfg, seed + 1))
     with pytest.raises(DataError, match="differs from the saved one"):
         train(tiny_config(tmp_path, *args, "resume=true"))
     assert (part / "split.json").read_text() == saved  # the record was not overwritten
@@ -176,12 +176,11 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path, method):
 class _DtypeProbe(Method):
     """Records the dtype of its logits inside the engine's forward."""
 
-    name = "dtype_probe"
     uses_unlabeled = False
     seen: list = []
 
-    def __init__(self, cfg, backbone, ctx):
-        super().__init__(cfg, backbone, ctx)
+    def __init__(self, backbone, ctx, options):
+        super().__init__(backbone, ctx, options)
         self.fc = torch.nn.Linear(ctx.feature_dim, ctx.num_classes)
 
     def training_step(self, batch):

@@ -23,12 +23,14 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     try:
         from test_ulfine_method import _batch, _method  # noqa: PLC0415  (tests/methods on sys.path)
 
-        from ulfine.methods import SSLBatch
+        from ulfine.engine.runtime import TorchCollectives
+        from ulfine.methods import Batch
 
         m = _method("ulfine", "ulfine.beta=0.5", "ulfine.mu_paf=0.5")
+        m.ctx.collectives = TorchCollectives()  # what the engine gives a method on several processes
         b = _batch()
         # rank r gets labeled rows [2r, 2r+2) and unlabeled rows [3r, 3r+3)
-        part = SSLBatch(b.x_l[2 * rank:2 * rank + 2], b.y_l[2 * rank:2 * rank + 2],
+        part = Batch(b.x_l[2 * rank:2 * rank + 2], b.y_l[2 * rank:2 * rank + 2],
                         b.u_w[3 * rank:3 * rank + 3], b.u_s[3 * rank:3 * rank + 3],
                         b.idx_u[3 * rank:3 * rank + 3])
         m.training_step(part)

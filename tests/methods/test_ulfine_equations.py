@@ -18,11 +18,18 @@ from ulfine.methods.ulfine.paf import (
     prototype_logits,
     pseudo_label_distribution,
     update_pseudo_label_memory,
-    update_visual_prototypes,
+    ema_visual_prototypes,
+    class_feature_sums,
 )
 
 
 # ------------------------------------------------------------------ visual prototypes (EMA)
+def update_visual_prototypes(visual, feats, labels, beta):
+    """The labeled batch's EMA as ULFine runs it: per-class sums, then the EMA step."""
+    sums, counts = class_feature_sums(feats, labels, visual.shape[0])
+    return ema_visual_prototypes(visual, sums, counts, beta)
+
+
 def test_visual_prototype_ema_moves_only_classes_in_batch():
     visual = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     # two samples of class 0 (already unit and not: both normalised before the mean), none of 1,

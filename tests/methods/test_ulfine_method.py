@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ulfine.config import load_config
-from ulfine.methods import METHODS, MethodContext, SSLBatch
+from ulfine.methods import METHODS, MethodContext, Batch
 from ulfine.methods.losses import cross_entropy, masked_consistency, pseudo_label
 from ulfine.methods.ulfine import ULFine, dlf, paf
 
@@ -43,9 +43,9 @@ def _ctx() -> MethodContext:
     )
 
 
-def _batch() -> SSLBatch:
+def _batch() -> Batch:
     g = torch.Generator().manual_seed(2)
-    return SSLBatch(
+    return Batch(
         x_l=torch.randn(4, 3, 2, 2, generator=g),
         y_l=torch.tensor([0, 0, 2, 0]),
         u_w=torch.randn(6, 3, 2, 2, generator=g),
@@ -56,7 +56,7 @@ def _batch() -> SSLBatch:
 
 def _method(name: str, *overrides: str, backbone: nn.Module | None = None):
     cfg = load_config(None, [f"method={name}", "ssl.tau=0.7", *overrides])
-    return METHODS.get(name)(cfg, copy.deepcopy(backbone or TinyBackbone()), _ctx())
+    return METHODS.get(name).from_config(cfg, copy.deepcopy(backbone or TinyBackbone()), _ctx())
 
 
 def _grads(m: nn.Module) -> dict[str, torch.Tensor]:
@@ -242,9 +242,9 @@ def test_all_switches_off_reproduces_fixmatch_on_micro_clip_with_adaptformer():
     for name, extra in [("fixmatch", []), ("ulfine", ["ulfine.paf=false", "ulfine.orth=false",
                                                       "ulfine.dlf=false"])]:
         cfg = load_config("synthetic_smoke", [f"method={name}", "ssl.tau=0.3", *extra])
-        methods.append(METHODS.get(name)(cfg, copy.deepcopy(bb), ctx))
+        methods.append(METHODS.get(name).from_config(cfg, copy.deepcopy(bb), ctx))
     g = torch.Generator().manual_seed(5)
-    batch = SSLBatch(torch.randn(3, 3, 32, 32, generator=g), torch.tensor([0, 1, 2]),
+    batch = Batch(torch.randn(3, 3, 32, 32, generator=g), torch.tensor([0, 1, 2]),
                      torch.randn(4, 3, 32, 32, generator=g), torch.randn(4, 3, 32, 32, generator=g),
                      torch.arange(4))
     outs = []

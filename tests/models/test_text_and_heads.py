@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ulfine.models import LinearHead, PrototypeHead, text_prototypes, zero_shot_logits
+from ulfine.methods import METHODS, MethodContext, MethodOptions
+from ulfine.config import SSLConfig
+from ulfine.models import LinearHead, PrototypeHead, text_prototypes
 from ulfine.models.text import prototype_cache_key
 
 from modelfakes import EMBED
@@ -93,7 +95,8 @@ def test_prototype_head_logits_stay_float32_under_bf16_autocast():
 def test_zero_shot_logits_match_manual(make_tiny, images):
     b = make_tiny()
     protos = text_prototypes(b, CLASSES, TEMPLATES)
-    logits = zero_shot_logits(b, protos, images)
+    ctx = MethodContext(3, CLASSES, torch.ones(3, dtype=torch.long), protos, b.logit_scale, 0, b.embed_dim)
+    logits = METHODS.get("zeroshot")(b, ctx, MethodOptions(SSLConfig())).predict(images)
     manual = b.logit_scale * F.normalize(b.encode_image(images), dim=-1) @ protos.t()
     assert logits.shape == (3, 3)
     torch.testing.assert_close(logits, manual)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from ulfine.data import ImageSet
+from ulfine.data import ImageSet, eval_batches
 from ulfine.models import DeviceNormalizer
 from ulfine.features import cached_features, feature_cache_key, weights_fingerprint
 
@@ -40,6 +40,11 @@ def images() -> ImageSet:
     return ImageSet(rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8), np.arange(10))
 
 
+def image_batches(images: ImageSet, batch_size: int):  # noqa: ANN201
+    """The host batches the engine hands the feature cache (uint8 (B, 3, h, w), index order)."""
+    return lambda: (x for x, _, _ in eval_batches(images, batch_size))
+
+
 def key_for(tower: nn.Module, normalizer: nn.Module, indices=np.arange(10)) -> dict:  # noqa: ANN001
     return feature_cache_key(tower, arch="toy", dataset="toy", role="labeled", indices=indices,
                              preprocess=normalizer)
@@ -54,12 +59,12 @@ def reference(tower: CountingTower, normalizer: nn.Module, images: ImageSet) -> 
 def test_cache_returns_uncached_features_then_reads_disk(tmp_path: Path, images: ImageSet) -> None:
     tower, norm = CountingTower(), DeviceNormalizer(8, MEAN, STD)
     key = key_for(tower, norm)
-    first = cached_features(tower, images, norm, key=key, cache_dir=tmp_path, batch_size=4)
+    first = cached_features(tower, image_batches(images, 4), len(images), norm, key=key, cache_dir=tmp_path)
     assert tower.calls == 3  # ceil(10 / 4) batches
     assert first.shape == (10, 5) and first.dtype == torch.float32
     torch.testing.assert_close(first, reference(tower, norm, images), rtol=1e-6, atol=1e-6)
 
-    second = cached_features(tower, images, norm, key=key, cache_dir=tmp_path, batch_size=4)
+    second = cached_features(tower, image_batches(images, 4), len(images), norm, key=key, cache_dir=tmp_path)
     assert tower.calls == 3  # hit: the tower never ran again
     assert torch.equal(first, second)
     assert len(list(tmp_path.glob("*.npy"))) == 1
@@ -68,12 +73,12 @@ def test_cache_returns_uncached_features_then_reads_disk(tmp_path: Path, images:
 @pytest.mark.parametrize("change", ["weights", "transform", "indices", "role"])
 def test_key_changes_miss(tmp_path: Path, images: ImageSet, change: str) -> None:
     tower, norm = CountingTower(), DeviceNormalizer(8, MEAN, STD)
-    base = cached_features(tower, images, norm, key=key_for(tower, norm), cache_dir=tmp_path)
+    base = cached_features(tower, image_batches(images, 256), len(images), norm, key=key_for(tower, norm), cache_dir=tmp_path)
     assert tower.calls == 1
     if change == "weights":
         tower2 = CountingTower(seed=1)
         key = key_for(tower2, norm)
-        out = cached_features(tower2, images, norm, key=key, cache_dir=tmp_path)
+        out = cached_features(tower2, image_batches(images, 256), len(images), norm, key=key, cache_dir=tmp_path)
         assert tower2.calls == 1
         assert not torch.allclose(out, base)
     else:
@@ -84,7 +89,7 @@ def test_key_changes_miss(tmp_path: Path, images: ImageSet, change: str) -> None
             key = {**key_for(tower, norm), "role": "unlabeled"}
         else:
             key = key_for(tower, norm)  # same key; the normaliser itself differs
-        cached_features(tower, images, norm2, key=key, cache_dir=tmp_path)
+        cached_features(tower, image_batches(images, 256), len(images), norm2, key=key, cache_dir=tmp_path)
         assert tower.calls == 2
     assert len(list(tmp_path.glob("*.npy"))) == 2
 
@@ -92,8 +97,8 @@ def test_key_changes_miss(tmp_path: Path, images: ImageSet, change: str) -> None
 def test_same_weights_in_a_new_object_hit(tmp_path: Path, images: ImageSet) -> None:
     a, b, norm = CountingTower(seed=3), CountingTower(seed=3), DeviceNormalizer(8, MEAN, STD)
     assert weights_fingerprint(a.visual) == weights_fingerprint(b.visual)
-    cached_features(a, images, norm, key=key_for(a, norm), cache_dir=tmp_path)
-    cached_features(b, images, norm, key=key_for(b, norm), cache_dir=tmp_path)
+    cached_features(a, image_batches(images, 256), len(images), norm, key=key_for(a, norm), cache_dir=tmp_path)
+    cached_features(b, image_batches(images, 256), len(images), norm, key=key_for(b, norm), cache_dir=tmp_path)
     assert (a.calls, b.calls) == (1, 0)
 
 
@@ -111,8 +116,8 @@ def _mapped_files(address: int) -> list[str]:
 def test_reuse_is_memory_mapped_and_sidecar_records_key(tmp_path: Path, images: ImageSet) -> None:
     tower, norm = CountingTower(), DeviceNormalizer(8, MEAN, STD)
     key = key_for(tower, norm)
-    cached_features(tower, images, norm, key=key, cache_dir=tmp_path)
-    feats = cached_features(tower, images, norm, key=key, cache_dir=tmp_path)
+    cached_features(tower, image_batches(images, 256), len(images), norm, key=key, cache_dir=tmp_path)
+    feats = cached_features(tower, image_batches(images, 256), len(images), norm, key=key, cache_dir=tmp_path)
     (npy,) = tmp_path.glob("*.npy")
     assert str(npy) in _mapped_files(feats.data_ptr())  # the tensor's memory IS the file
     side = json.loads(npy.with_suffix(".json").read_text())
@@ -131,16 +136,16 @@ def test_failed_extraction_leaves_no_entry(tmp_path: Path, images: ImageSet) -> 
 
     tower, norm = Failing(), DeviceNormalizer(8, MEAN, STD)
     with pytest.raises(RuntimeError, match="boom"):
-        cached_features(tower, images, norm, key=key_for(tower, norm), cache_dir=tmp_path, batch_size=4)
+        cached_features(tower, image_batches(images, 4), len(images), norm, key=key_for(tower, norm), cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_corrupt_entry_is_recomputed(tmp_path: Path, images: ImageSet) -> None:
     tower, norm = CountingTower(), DeviceNormalizer(8, MEAN, STD)
     key = key_for(tower, norm)
-    good = cached_features(tower, images, norm, key=key, cache_dir=tmp_path).clone()
+    good = cached_features(tower, image_batches(images, 256), len(images), norm, key=key, cache_dir=tmp_path).clone()
     (npy,) = tmp_path.glob("*.npy")
     npy.write_bytes(b"not a npy file")
-    again = cached_features(tower, images, norm, key=key, cache_dir=tmp_path)
+    again = cached_features(tower, image_batches(images, 256), len(images), norm, key=key, cache_dir=tmp_path)
     assert tower.calls == 2
     assert torch.equal(again, good)

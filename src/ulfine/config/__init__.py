@@ -17,19 +17,18 @@ from .schema import (
     Config,
     DataConfig,
     EvalConfig,
-    FineSSLConfig,
-    LogitAdjustConfig,
     ModelConfig,
     OptimConfig,
     PEFTConfig,
+    Section,
     SSLConfig,
     TrainConfig,
-    ULFineConfig,
+    option_sections,
 )
 
 __all__ = [
-    "CacheConfig", "Config", "DataConfig", "EvalConfig", "FineSSLConfig", "LogitAdjustConfig",
-    "ModelConfig", "OptimConfig", "PEFTConfig", "SSLConfig", "TrainConfig", "ULFineConfig",
+    "CacheConfig", "Config", "DataConfig", "EvalConfig", "ModelConfig", "OptimConfig",
+    "PEFTConfig", "SSLConfig", "Section", "TrainConfig", "option_sections",
     "build_config", "config_dir", "config_to_dict", "deep_merge", "list_presets", "load_config",
     "load_saved_config", "parse_overrides", "preset_dir", "save_config",
 ]

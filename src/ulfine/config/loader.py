@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError
-from .schema import Config
+from .schema import Config, format_validation_error
 
 BASE_KEY = "base"  # a preset may name another preset it extends
 
@@ -108,25 +108,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested
 
 
-def _format_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"unknown key {loc!r}")
-        else:
-            got = err.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            parts.append(f"{loc}: {err['msg']}{shown}")
-    return "invalid config: " + "; ".join(parts)
-
-
 def build_config(data: dict[str, Any]) -> Config:
     """Validate a plain dict into a Config, with one-line errors that name the key."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc)) from None
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:

@@ -6,14 +6,22 @@ wrong types and out-of-range values fail with a message that names the key.
 
 Defaults follow ``docs/method.md``: [B] values come from the FineSSL/LIFT recipes, [R] values
 are this project's reconstruction of what the ULFine paper leaves open.
+
+A method (or PEFT module) owns its options: it registers an options class next to its code
+(``METHODS.register("ulfine", options=ULFineOptions)``) and the config validates the section of
+that name (``ulfine.beta=0.9``) against it. ``method``, ``finetune`` and ``peft`` are checked
+against their registries (``ulfine.registry``), which plugins extend.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import ConfigError
+from ..registry import FINETUNE_MODES, METHODS, OPTION_REGISTRIES, PEFT_MODULES, load_builtins, load_plugin
 
 
 class Section(BaseModel):
@@ -119,39 +127,6 @@ class SSLConfig(Section):
     lambda_u: float = Field(1.0, ge=0.0, description="weight of the unlabeled loss")
 
 
-class LogitAdjustConfig(Section):
-    """fixmatch_la: logit-adjusted loss and prediction from the labeled prior."""
-
-    tau_la: float = Field(1.0, ge=0.0)
-
-
-class FineSSLConfig(Section):
-    """finessl: balanced margin softmax plus decoupled label smoothing [B]."""
-
-    margin_scale: float = Field(1.0, ge=0.0, description="scale of the log-prior margin")
-    label_smoothing: float = Field(0.5, ge=0.0, lt=1.0, description="smoothing of pseudo-labels")
-
-
-class ULFineConfig(Section):
-    """ULFine = PAF + DLF. Every [R] choice of docs/method.md is an option here."""
-
-    paf: bool = Field(True, description="Prototype Adaptive Fitting (momentum fitting)")
-    orth: bool = Field(True, description="orthogonality loss on the prototype classifier")
-    dlf: bool = Field(True, description="Dual Logit Fusion (else: prototype branch only)")
-    beta: float = Field(0.9, ge=0.0, le=1.0, description="visual prototype EMA momentum [R]")
-    mu_paf: float = Field(0.1, ge=0.0, le=1.0, description="base momentum of PAF [R]")
-    lambda_orth: float = Field(0.1, ge=0.0, description="orthogonality loss weight [R]")
-    tau_la: float = Field(1.0, ge=0.0, description="logit adjustment in DLF [R]")
-    w_dlf: float = Field(1.0, ge=0.0, description="weight of the prototype logits in DLF [R]")
-    prior: Literal["labeled", "labeled+pseudo"] = Field("labeled", description="DLF prior [R]")
-    pu_stat: Literal["confidence_sum", "count"] = Field(
-        "confidence_sum", description="statistic behind P_u [R]"
-    )
-    learnable_prototypes: bool = Field(
-        True, description="prototype classifier trained by gradient and fitted by momentum [R]"
-    )
-
-
 # ------------------------------------------------------------------------------ optim/train
 class OptimConfig(Section):
     """Optimiser and schedule [B: SGD 0.03, momentum 0.9, wd 5e-4, cosine]."""
@@ -224,15 +199,54 @@ class CacheConfig(Section):
 
 
 # ---------------------------------------------------------------------------------- top level
-class Config(Section):
-    """A whole run. ``method``, ``finetune`` and ``peft`` are the three top-level choices."""
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line naming every offending key (``unknown key 'x.y'``, ``ssl.tau: ... (got -1)``)."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join([prefix] * bool(prefix) + [str(p) for p in err["loc"]]) or "config"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key {loc!r}")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            parts.append(f"{loc}: {err['msg']}{shown}")
+    return "invalid config: " + "; ".join(parts)
 
+
+def option_sections() -> dict[str, type[BaseModel]]:
+    """Section name -> options class, for every registered method / PEFT module that has one."""
+    out: dict[str, type[BaseModel]] = {}
+    for registry in OPTION_REGISTRIES:
+        out.update(registry.options())
+    return out
+
+
+def _section(key: str, cls: type[BaseModel], value: Any) -> BaseModel:
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls.model_validate(value if value is not None else {})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, key)) from None
+
+
+class Config(Section):
+    """A whole run. ``method``, ``finetune`` and ``peft`` are the three top-level choices.
+
+    Besides the sections below, the config holds one section per registered options class
+    (``ulfine``, ``fixmatch_la``, ``finessl``, a plugin's own); :meth:`options_for` returns it.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, frozen=False)
+
+    plugins: list[str] = Field(
+        [], description="modules (dotted names or .py files) imported first; they may register "
+        "methods, datasets, PEFT modules (see docs/extending.md)"
+    )
     preset: str | None = Field(None, description="the preset this config came from")
     method: str = Field("fixmatch", description="method registry name")
-    finetune: Literal["lp", "lft", "fft"] = Field("lft", description="which parameters train")
-    peft: Literal["adaptformer", "vpt", "lora", "bitfit"] = Field(
-        "adaptformer", description="LFT module (finetune=lft)"
-    )
+    finetune: str = Field("lft", description="which parameters train: lp | lft | fft")
+    peft: str = Field("adaptformer", description="LFT module (finetune=lft): adaptformer | vpt | lora | bitfit")
     head: Literal["prototype", "linear"] = Field(
         "prototype",
         description="baselines' classifier: cosine head initialised from the text prototypes "
@@ -245,10 +259,40 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     peft_options: PEFTConfig = Field(default_factory=PEFTConfig)
     ssl: SSLConfig = Field(default_factory=SSLConfig)
-    fixmatch_la: LogitAdjustConfig = Field(default_factory=LogitAdjustConfig)
-    finessl: FineSSLConfig = Field(default_factory=FineSSLConfig)
-    ulfine: ULFineConfig = Field(default_factory=ULFineConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered_sections(cls, data: Any) -> Any:
+        """Load the registries (built-ins, installed plugins, ``plugins``), then validate every
+        extra top-level section against its registered options class (defaults for the rest)."""
+        if not isinstance(data, dict):
+            return data
+        load_builtins()
+        for plugin in data.get("plugins") or []:
+            load_plugin(str(plugin))
+        sections = option_sections()
+        data = dict(data)
+        for key in [k for k in data if k not in cls.model_fields]:
+            if key not in sections:
+                raise ConfigError(f"invalid config: unknown key {key!r}")
+            data[key] = _section(key, sections[key], data[key])
+        for key, section in sections.items():
+            data.setdefault(key, section())
+        return data
+
+    @model_validator(mode="after")
+    def _registered_choices(self) -> "Config":
+        for key, registry in (("method", METHODS), ("finetune", FINETUNE_MODES), ("peft", PEFT_MODULES)):
+            value = getattr(self, key)
+            if value not in registry:
+                raise ConfigError(f"invalid config: {key}: unknown {registry.kind} {value!r}; "
+                                  f"choose one of: {', '.join(registry.names())}")
+        return self
+
+    def options_for(self, name: str) -> BaseModel | None:
+        """The options section of the registered entry ``name`` (None when it declares none)."""
+        return (self.__pydantic_extra__ or {}).get(name)

@@ -5,12 +5,12 @@ Typical use::
     data = build_ssl_data(cfg.data, cfg.seed)      # read + draw the split
     data.save_split(run_dir)                        # split.json: indices + content hash
     for batch in ssl_batches(data, 32, mu=1, seed=cfg.seed):
-        ...                                         # HostBatch of uint8 images at native size
+        ...                                         # ulfine.batch.Batch of uint8 images at native size
 """
 
 from . import sources  # noqa: F401  (registers the datasets)
 from .base import DATASETS, UNKNOWN_LABEL, DatasetSpec, ImageSet, SourceData, StoredArray
-from .loaders import HostBatch, eval_batches, ssl_batches
+from .loaders import eval_batches, ssl_batches
 from .splits import (
     SSLData,
     SplitPlan,
@@ -26,7 +26,7 @@ from .splits import (
 from .views import build_views, strong_view, test_view, weak_view
 
 __all__ = [
-    "DATASETS", "UNKNOWN_LABEL", "DatasetSpec", "HostBatch", "ImageSet",
+    "DATASETS", "UNKNOWN_LABEL", "DatasetSpec", "ImageSet",
     "SSLData", "SourceData", "SplitPlan", "StoredArray", "build_ssl_data", "build_views",
     "check_split", "class_counts", "eval_batches", "load_split", "order_unlabeled", "plan_counts",
     "realised_counts", "split_hash", "ssl_batches", "strong_view", "test_view", "weak_view",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..registry import DATASETS as _DATASETS
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -144,4 +145,5 @@ class DatasetSpec:
         return self.reader(cfg)  # type: ignore[operator]
 
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
+#: the dataset registry (``ulfine.registry.DATASETS``, typed for dataset specs)
+DATASETS: Registry[DatasetSpec] = _DATASETS

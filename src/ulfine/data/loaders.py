@@ -10,7 +10,8 @@ Reproducibility by construction, not by luck:
 
 so batch s is the same for any ``num_workers``, after a resume at ``start_step=s``, and the
 ranks' slices of a global batch (contiguous, in rank order) concatenate to the single-process
-batch. Unlabeled ground truth never leaves this module: HostBatch has no field for it.
+batch. Unlabeled ground truth never leaves this module: :class:`~ulfine.batch.Batch` has no
+field for it.
 """
 
 from __future__ import annotations
@@ -18,35 +19,18 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..batch import Batch
 from ..errors import ConfigError
 from .base import ImageSet
 from .splits import SSLData
 from .views import Views, build_views
 
 LABELED, UNLABELED = 0, 1  # role ids mixed into the seeds
-
-
-@dataclass
-class HostBatch:
-    """One rank's slice of a training step, on the host (uint8 CHW images at native size)."""
-
-    x_l: torch.Tensor  # (b, 3, h, w) uint8, weak view (test view when augment=False)
-    y_l: torch.Tensor  # (b,) int64
-    u_w: torch.Tensor | None  # (mu*b, 3, h, w) uint8 weak view
-    u_s: torch.Tensor | None  # (mu*b, 3, h, w) uint8 strong view
-    idx_u: torch.Tensor | None  # (mu*b,) int64 positions in SSLData.unlabeled
-    step: int = 0
-
-    def pin_memory(self) -> HostBatch:
-        """Pinned copy (DataLoader calls this when pin_memory=True)."""
-        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-        return HostBatch(pin(self.x_l), pin(self.y_l), pin(self.u_w), pin(self.u_s), pin(self.idx_u), self.step)
 
 
 def sample_seed(seed: int, role: int, step: int, position: int) -> int:
@@ -161,7 +145,7 @@ class _SSLDataset(Dataset):
             return role, self.views.weak(img), self.views.strong(img), index
 
 
-def _collate(items: list) -> HostBatch:
+def _collate(items: list) -> Batch:
     lab = [it for it in items if it[0] == LABELED]
     unl = [it for it in items if it[0] == UNLABELED]
     step = 0
@@ -173,7 +157,7 @@ def _collate(items: list) -> HostBatch:
         idx_u = torch.tensor([it[3] for it in unl], dtype=torch.int64)
     else:
         u_w = u_s = idx_u = None
-    return HostBatch(x_l, y_l, u_w, u_s, idx_u, step)
+    return Batch(x_l, y_l, u_w, u_s, idx_u, step)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -196,7 +180,7 @@ def _loader(dataset: Dataset, batch_sampler, num_workers: int, collate,  # noqa:
 
 def ssl_batches(data: SSLData, batch_size: int, mu: int, seed: int, start_step: int = 0,
                 num_workers: int = 0, rank: int = 0, world_size: int = 1, unlabeled: bool = True,
-                augment: bool = True) -> Iterator[HostBatch]:
+                augment: bool = True) -> Iterator[Batch]:
     """Endless training batches from ``start_step`` on; ``batch_size`` is global (all ranks).
 
     Each yield is this rank's slice: batch_size/world_size labeled images and, when

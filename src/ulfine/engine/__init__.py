@@ -2,12 +2,15 @@
 
 Public API::
 
-    from ulfine.engine import train, evaluate_run
+    from ulfine.engine import train, evaluate_run, load_run
     run_dir = train(cfg)                      # -> Path of the run folder
     metrics = evaluate_run(run_dir, "test")   # reload config.yaml + weights, recompute metrics
+    parts, rt, weights = load_run(run_dir)    # a finished run, assembled as it was trained
 """
 
-from .evaluate import evaluate_run
-from .loop import train
+from .assemble import RunParts, assemble_run
+from .reevaluate import evaluate_run, load_run
+from .state import TrainState
+from .trainer import Trainer, train
 
-__all__ = ["evaluate_run", "train"]
+__all__ = ["RunParts", "TrainState", "Trainer", "assemble_run", "evaluate_run", "load_run", "train"]

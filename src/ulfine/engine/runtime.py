@@ -18,9 +18,25 @@ import torch.distributed as dist
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState, GradientState
 
+from ..methods.base import Collectives, LocalCollectives
 from .precision import ACCELERATE_NAMES, AUTOCAST_DTYPES, resolve_device, resolve_precision
 
 log = logging.getLogger("ulfine.engine")
+
+
+class TorchCollectives:
+    """Collectives over the initialised ``torch.distributed`` process group."""
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.contiguous()
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t)
+        return torch.cat(parts)
 
 
 @dataclass
@@ -74,8 +90,14 @@ class Runtime:
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
 
+    def collectives(self) -> Collectives:
+        """What a method uses to keep its state identical across processes."""
+        if self.world_size > 1 and dist.is_initialized():
+            return TorchCollectives()
+        return LocalCollectives()
 
-def make_runtime(device: str, precision: str, find_unused_parameters: bool = False) -> Runtime:
+
+def make_runtime(device: str, precision: str) -> Runtime:
     """Create the Accelerator for ``train.device`` / ``train.precision``.
 
     Accelerate keeps process-wide singletons; they are reset first so that several runs in one
@@ -88,9 +110,7 @@ def make_runtime(device: str, precision: str, find_unused_parameters: bool = Fal
     GradientState._reset_state()
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    ddp = DistributedDataParallelKwargs(
-        find_unused_parameters=find_unused_parameters, broadcast_buffers=False
-    )
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
     accelerator = Accelerator(
         cpu=dev == "cpu",
         mixed_precision=ACCELERATE_NAMES[prec],
@@ -105,4 +125,4 @@ def make_runtime(device: str, precision: str, find_unused_parameters: bool = Fal
     return rt
 
 
-__all__ = ["Runtime", "make_runtime"]
+__all__ = ["Runtime", "TorchCollectives", "make_runtime"]

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..data.base import ImageSet
 from . import store
 from .keys import _jsonable, key_digest, preprocess_description
 
@@ -31,35 +28,10 @@ def _module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _host_batches(images: ImageSet, batch_size: int) -> Iterator[list[np.ndarray] | np.ndarray]:
-    """uint8 (B,H,W,3) arrays (or lists of differently sized images), in index order."""
-    n = len(images)
-    if hasattr(images.images, "shape"):  # in-memory or memory-mapped uint8 (N, H, W, 3) array
-        for start in range(0, n, batch_size):
-            yield np.asarray(images.images[start : start + batch_size])
-        return
-    with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decoding releases the GIL
-        for start in range(0, n, batch_size):
-            imgs = list(pool.map(images.load, range(start, min(n, start + batch_size))))
-            if len({im.shape for im in imgs}) == 1:
-                yield np.stack(imgs)
-            else:
-                yield imgs
-
-
-def _to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
-    x = torch.from_numpy(np.require(batch, requirements=["C", "W"])).permute(0, 3, 1, 2)  # (B,3,H,W) uint8
-    return x.to(device, non_blocking=True)
-
-
 @torch.no_grad()
-def _encode(backbone: nn.Module, normalizer: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+def _encode(backbone: nn.Module, normalizer: nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     encode = getattr(backbone, "encode_image", backbone)
-    if isinstance(batch, list):  # mixed sizes: normalise one by one, then one forward
-        x = torch.cat([normalizer(_to_device(im[None], device)) for im in batch])
-    else:
-        x = normalizer(_to_device(batch, device))
-    return encode(x).float()
+    return encode(normalizer(batch.to(device, non_blocking=True))).float()
 
 
 def _autocast_state(device: torch.device) -> str | None:
@@ -68,17 +40,23 @@ def _autocast_state(device: torch.device) -> str | None:
     return None
 
 
+#: host uint8 (B, 3, h, w) image batches of a set, in index order (called only on a cache miss)
+ImageBatches = Callable[[], Iterable[torch.Tensor]]
+
+
 def cached_features(
     backbone: nn.Module,
-    images: ImageSet,
+    batches: ImageBatches,
+    num_images: int,
     normalizer: nn.Module,
     *,
     key: Mapping[str, Any],
     cache_dir: Path,
-    batch_size: int = 256,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Image features (N, D) float32 of ``images`` from a frozen ``backbone``, cached on disk.
+    """Image features (N, D) float32 of ``num_images`` images from a frozen ``backbone``, cached
+    on disk. ``batches()`` yields their uint8 (B, 3, h, w) batches in index order; it is called
+    only on a miss, so a hit reads no image.
 
     ``key`` (see :func:`feature_cache_key`) names what the features depend on; the normaliser's
     size/mean/std/interpolation, the number of images and the autocast dtype active at call time
@@ -92,13 +70,13 @@ def cached_features(
         {
             **dict(key),
             "normalizer": preprocess_description(normalizer),
-            "num_images": len(images),
+            "num_images": num_images,
             "autocast": _autocast_state(device),
         }
     )
     digest = key_digest(full_key)
     path, sidecar = store.entry_paths(cache_dir, digest)
-    hit = store.read_entry(path, sidecar, full_key, rows=len(images))
+    hit = store.read_entry(path, sidecar, full_key, rows=num_images)
     if hit is not None:
         log.info("feature cache hit: %s (%d x %d)", path, *hit.shape)
         return torch.from_numpy(hit)
@@ -109,10 +87,10 @@ def cached_features(
     writer = tmp = None
     row = 0
     try:
-        for batch in _host_batches(images, batch_size):
+        for batch in batches():
             feats = _encode(backbone, normalizer, batch, device).cpu().numpy()
             if writer is None:
-                writer, tmp = store.open_writer(path, (len(images), feats.shape[1]))
+                writer, tmp = store.open_writer(path, (num_images, feats.shape[1]))
             writer[row : row + len(feats)] = feats
             row += len(feats)
         if writer is None:  # no images: nothing to cache
@@ -129,6 +107,6 @@ def cached_features(
     finally:
         backbone.train(was_training)
     log.info("feature cache miss: wrote %s in %.1fs", path, time.perf_counter() - t0)
-    arr = store.read_entry(path, sidecar, full_key, rows=len(images))
+    arr = store.read_entry(path, sidecar, full_key, rows=num_images)
     assert arr is not None, f"feature cache entry {path} unreadable right after writing"
     return torch.from_numpy(arr)

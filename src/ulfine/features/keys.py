@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..jsonable import jsonable
+
 KEY_VERSION = 1  # bump when the stored layout or the extraction semantics change
 
 
@@ -50,24 +52,8 @@ def weights_fingerprint(module: nn.Module) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    """Turn configs (pydantic models, dataclasses, paths, tuples, tensors) into plain JSON data."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "model_dump"):  # pydantic
-        return _jsonable(value.model_dump(mode="json"))
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, torch.Tensor):
-        return _jsonable(value.detach().cpu().tolist())
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value)
+    """Cache keys as plain JSON data with sorted mappings (stable digests)."""
+    return jsonable(value, sort_keys=True)
 
 
 def preprocess_description(obj: Any) -> dict[str, Any] | None:

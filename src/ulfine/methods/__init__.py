@@ -3,8 +3,23 @@
 Importing this package registers every built-in method.
 """
 
-from . import finessl, fixmatch, fixmatch_la, supervised, zeroshot  # noqa: F401  (registration)
-from . import ulfine  # noqa: F401  (registers `ulfine`; package owned by the ulfine helper)
-from .base import METHODS, Method, MethodContext, PseudoLabels, SSLBatch, StepOutput
+from ..batch import Batch
+from . import finessl, fixmatch, fixmatch_la, supervised, ulfine, zeroshot  # noqa: F401  (registration)
+from .base import (
+    METHODS,
+    Collectives,
+    LocalCollectives,
+    Method,
+    MethodContext,
+    MethodOptions,
+    PseudoLabels,
+    StepOutput,
+)
+from .finessl import FineSSLOptions
+from .fixmatch_la import FixMatchLAOptions
+from .ulfine import ULFineOptions
 
-__all__ = ["METHODS", "Method", "MethodContext", "PseudoLabels", "SSLBatch", "StepOutput"]
+__all__ = [
+    "METHODS", "Batch", "Collectives", "FineSSLOptions", "FixMatchLAOptions", "LocalCollectives",
+    "Method", "MethodContext", "MethodOptions", "PseudoLabels", "StepOutput", "ULFineOptions",
+]

@@ -1,39 +1,35 @@
 """The method contract: a method defines its heads, its losses and its prediction; nothing else.
 
 The engine (``ulfine.engine``) owns the loop, devices, mixed precision, optimiser, checkpoints,
-logging and evaluation. A method receives batches already on the device, already converted to
-normalised float images at the backbone's input size, and returns a :class:`StepOutput`.
-Ground-truth labels of unlabeled images never reach a method.
+logging and evaluation. A method receives a :class:`~ulfine.batch.Batch` already on the device
+(normalised float images at the backbone's input size, or features of a frozen tower, which its
+backbone stand-in passes through) and returns a :class:`StepOutput`. Ground-truth labels of
+unlabeled images never reach a method.
+
+Gradient accumulation and several processes: the engine may call :meth:`Method.training_step`
+several times per optimiser step (one call per micro-batch, each with its share of the global
+batch, on each process) and calls :meth:`Method.after_optimizer_step` once per optimiser step on
+every process. A method whose state depends on the whole step's batch (ULFine's PAF) must
+therefore accumulate per micro-batch, combine across processes with ``ctx.collectives`` and
+update in ``after_optimizer_step``; then 1 or N processes, with or without accumulation, hold
+the same state. DDP only averages gradients: buffers are the method's to keep identical.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
+from ..batch import Batch
+from ..registry import METHODS as _METHODS
 from ..registry import Registry
 
 if TYPE_CHECKING:
-    from ..config import Config
-
-
-@dataclass
-class SSLBatch:
-    """One training step's inputs on the device. Unlabeled tensors are None for supervised runs.
-
-    ``idx_u`` are indices into the unlabeled set (for per-sample memories such as PAF's P_u);
-    there is deliberately no field for unlabeled ground truth.
-    """
-
-    x_l: torch.Tensor
-    y_l: torch.Tensor
-    u_w: torch.Tensor | None = None
-    u_s: torch.Tensor | None = None
-    idx_u: torch.Tensor | None = None
-
+    from ..config import Config, SSLConfig
 
 @dataclass
 class PseudoLabels:
@@ -47,11 +43,34 @@ class PseudoLabels:
 
 @dataclass
 class StepOutput:
-    """A training step's loss (to backpropagate) and scalars to log."""
+    """A training step's loss (to backpropagate), scalars to log, and the pseudo-labels it used
+    (the engine logs their mask rate and mean confidence)."""
 
     loss: torch.Tensor
     logs: dict[str, float | torch.Tensor] = field(default_factory=dict)
     pseudo: PseudoLabels | None = None
+
+
+class Collectives(Protocol):
+    """Cross-process reductions a method may need (the engine supplies them)."""
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum of ``t`` over processes (a new tensor)."""
+        ...
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenation of every process's equal-sized ``t``, in rank order."""
+        ...
+
+
+class LocalCollectives:
+    """One process: every reduction is the identity."""
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return t.clone()
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        return t
 
 
 @dataclass
@@ -65,6 +84,7 @@ class MethodContext:
     logit_scale: float  # the backbone's CLIP logit scale (100 for OpenAI weights)
     num_unlabeled: int  # size of the unlabeled set (for per-sample memories)
     feature_dim: int
+    collectives: Collectives = field(default_factory=LocalCollectives)
 
     @property
     def labeled_prior(self) -> torch.Tensor:
@@ -73,32 +93,52 @@ class MethodContext:
         return counts / counts.sum()
 
 
+@dataclass(frozen=True)
+class MethodOptions:
+    """The options a method receives: the SSL options, the baselines' classifier kind and its own
+    registered options section (None for a method that declares none)."""
+
+    ssl: "SSLConfig"
+    head: str = "prototype"
+    own: BaseModel | None = None
+
+    @classmethod
+    def from_config(cls, cfg: "Config") -> "MethodOptions":
+        """The options of ``cfg.method`` out of a whole run config."""
+        return cls(cfg.ssl, cfg.head, cfg.options_for(cfg.method))
+
+
 class Method(nn.Module):
-    """Base of every method. Subclasses set ``name``/``uses_unlabeled`` and override the hooks."""
+    """Base of every method. Subclasses set ``uses_unlabeled``/``trains``, register themselves
+    (``@METHODS.register(name, options=TheirOptions)``, which sets ``name``) and override the hooks.
+    """
 
     name: ClassVar[str] = "base"
     uses_unlabeled: ClassVar[bool] = True  # needs unlabeled batches
     trains: ClassVar[bool] = True  # False for zero-shot: no optimiser, no loop
 
-    def __init__(self, cfg: "Config", backbone: nn.Module, ctx: MethodContext) -> None:
+    def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.backbone = backbone  # CLIPBackbone with its fine-tuning strategy applied
+        self.backbone = backbone  # CLIPBackbone, or the frozen-tower stand-in over cached features
         self.ctx = ctx
+        self.options = options
+
+    @classmethod
+    def from_config(cls, cfg: "Config", backbone: nn.Module, ctx: MethodContext) -> "Method":
+        """Build the method with the options ``cfg`` holds for it."""
+        return cls(backbone, ctx, MethodOptions.from_config(cfg))
+
+    @property
+    def ssl(self) -> "SSLConfig":
+        return self.options.ssl
 
     # -- features ------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Image features in CLIP's joint space (not normalised).
-
-        A 2-D input is taken as features already computed by a frozen tower (the feature cache
-        used by LP without augmentation and by zero-shot) and returned as is.
-        """
-        if images.ndim == 2:
-            return images
+        """Image features in CLIP's joint space (not normalised)."""
         return self.backbone.encode_image(images)
 
     def ssl_features(
-        self, batch: SSLBatch
+        self, batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Features of (labeled, weak unlabeled, strong unlabeled).
 
@@ -114,8 +154,8 @@ class Method(nn.Module):
         return f[:n], f_uw, f[n:]
 
     # -- hooks the engine calls ------------------------------------------------------------
-    def training_step(self, batch: SSLBatch) -> StepOutput:
-        """Losses for one step."""
+    def training_step(self, batch: Batch) -> StepOutput:
+        """Losses for one (micro-)batch."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -133,11 +173,12 @@ class Method(nn.Module):
         return {"decision": self.predict(images)}
 
     def after_optimizer_step(self) -> None:
-        """Called after every optimiser step (e.g. PAF's momentum fitting)."""
+        """Called once per optimiser step on every process (e.g. PAF's momentum fitting)."""
 
     def diagnostics(self) -> dict[str, Any]:
         """Method-specific values logged at each evaluation (JSON-serialisable)."""
         return {}
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+#: the method registry (``ulfine.registry.METHODS``, typed for methods)
+METHODS: Registry[type[Method]] = _METHODS

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import METHODS, PseudoLabels, SSLBatch, StepOutput
+from ..batch import Batch
+from .base import METHODS, PseudoLabels, StepOutput
 from .losses import cross_entropy, masked_consistency, pseudo_label
 from .supervised import Supervised
 
@@ -18,7 +19,6 @@ from .supervised import Supervised
 class FixMatch(Supervised):
     """FixMatch on the configured classifier (``head``)."""
 
-    name = "fixmatch"
     uses_unlabeled = True
 
     def labeled_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -31,20 +31,19 @@ class FixMatch(Supervised):
         """L_u: masked cross-entropy against the hard pseudo-labels."""
         return masked_consistency(logits_strong, label, mask)
 
-    def training_step(self, batch: SSLBatch) -> StepOutput:
+    def training_step(self, batch: Batch) -> StepOutput:
         if batch.u_w is None:
             raise RuntimeError(f"{self.name} needs unlabeled batches")
         f_l, f_w, f_s = self.ssl_features(batch)
         z_l = self.logits(f_l)
         with torch.no_grad():
             z_w = self.prediction_logits(self.logits(f_w))
-        label, confidence, mask = pseudo_label(z_w, self.cfg.ssl.tau)
+        label, confidence, mask = pseudo_label(z_w, self.ssl.tau)
         loss_s = self.labeled_loss(z_l, batch.y_l)
         loss_u = self.unlabeled_loss(self.logits(f_s), label, mask)
-        loss = loss_s + self.cfg.ssl.lambda_u * loss_u
+        loss = loss_s + self.ssl.lambda_u * loss_u
         acc = (self.prediction_logits(z_l.detach()).argmax(-1) == batch.y_l).float().mean()
         idx = batch.idx_u if batch.idx_u is not None else torch.arange(len(label), device=label.device)
         pseudo = PseudoLabels(idx=idx, label=label, confidence=confidence, mask=mask.bool())
-        logs = {"loss_s": loss_s.detach(), "loss_u": loss_u.detach(), "acc_l": acc,
-                "mask_rate": mask.mean()}
+        logs = {"loss_s": loss_s.detach(), "loss_u": loss_u.detach(), "acc_l": acc}
         return StepOutput(loss, logs, pseudo)

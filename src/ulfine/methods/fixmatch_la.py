@@ -10,25 +10,27 @@ second, post-hoc correction is applied (that would subtract the prior twice).
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
+from ..config import Section
 from .base import METHODS
 from .fixmatch import FixMatch
-from .losses import cross_entropy, log_prior, masked_consistency
+from .losses import cross_entropy, logit_adjusted, masked_consistency
 
 
-@METHODS.register("fixmatch_la")
+class FixMatchLAOptions(Section):
+    """fixmatch_la: the scale of the log-prior in every training cross-entropy."""
+
+    tau_la: float = Field(1.0, ge=0.0)
+
+
+@METHODS.register("fixmatch_la", options=FixMatchLAOptions)
 class FixMatchLA(FixMatch):
     """FixMatch whose CE terms see z + tau_la * log(pi)."""
 
-    name = "fixmatch_la"
-
-    @property
-    def tau_la(self) -> float:
-        return self.cfg.fixmatch_la.tau_la
-
     def adjusted(self, logits: torch.Tensor) -> torch.Tensor:
         """z + tau_la * log(pi): the logits inside the training losses."""
-        return logits.float() + self.tau_la * log_prior(self.ctx.labeled_prior, logits)
+        return logit_adjusted(logits, self.ctx.labeled_prior, self.options.own.tau_la)
 
     def labeled_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return cross_entropy(self.adjusted(logits), target)

@@ -16,6 +16,15 @@ def log_prior(prior: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.log(prior / prior.sum())
 
 
+def logit_adjusted(logits: torch.Tensor, prior: torch.Tensor, scale: float) -> torch.Tensor:
+    """z + scale * log(pi) in float32: the one logit adjustment of Menon et al. (ICLR 2021).
+
+    A positive ``scale`` is the loss form (FixMatch-LA's tau, FineSSL's balanced margin); a
+    negative one the post-hoc correction (ULFine's DLF subtracts tau_la * log(pi)).
+    """
+    return logits.float() + scale * log_prior(prior, logits)
+
+
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean hard-label cross-entropy in float32."""
     return F.cross_entropy(logits.float(), target)
@@ -60,6 +69,7 @@ def smoothed_targets(label: torch.Tensor, num_classes: int, smoothing: float) ->
 __all__ = [
     "cross_entropy",
     "log_prior",
+    "logit_adjusted",
     "masked_consistency",
     "pseudo_label",
     "smoothed_targets",

@@ -7,22 +7,17 @@ from the text prototypes and scaled by the backbone's CLIP logit scale, as in Fi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-from .base import METHODS, Method, MethodContext, SSLBatch, StepOutput
+from ..batch import Batch
+from ..models.heads import LinearHead, PrototypeHead
+from .base import METHODS, Method, MethodContext, MethodOptions, StepOutput
 from .losses import cross_entropy
-
-if TYPE_CHECKING:
-    from ..config import Config
 
 
 def build_head(kind: str, ctx: MethodContext) -> nn.Module:
     """The baselines' classifier: ``prototype`` (text-initialised cosine) or ``linear``."""
-    from ..models.heads import LinearHead, PrototypeHead
-
     if kind == "prototype":
         return PrototypeHead(ctx.text_prototypes, ctx.logit_scale, learnable=True)
     if kind == "linear":
@@ -34,12 +29,11 @@ def build_head(kind: str, ctx: MethodContext) -> nn.Module:
 class Supervised(Method):
     """L = CE(z(x), y) on the labeled batch; unlabeled data is never loaded."""
 
-    name = "supervised"
     uses_unlabeled = False
 
-    def __init__(self, cfg: "Config", backbone: nn.Module, ctx: MethodContext) -> None:
-        super().__init__(cfg, backbone, ctx)
-        self.head = build_head(cfg.head, ctx)
+    def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
+        super().__init__(backbone, ctx, options)
+        self.head = build_head(options.head, ctx)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Raw classifier logits z(x) (what the losses see before any adjustment)."""
@@ -49,7 +43,7 @@ class Supervised(Method):
         """Logits behind test predictions and pseudo-labels (subclasses may adjust them)."""
         return logits
 
-    def training_step(self, batch: SSLBatch) -> StepOutput:
+    def training_step(self, batch: Batch) -> StepOutput:
         z = self.logits(self.features(batch.x_l))
         loss = cross_entropy(z, batch.y_l)
         acc = (z.detach().argmax(-1) == batch.y_l).float().mean()

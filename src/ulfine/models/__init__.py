@@ -1,22 +1,22 @@
 """CLIP backbones (open_clip), fine-tuning strategies, text prototypes and heads.
 
-Importing this package registers ulfine's tiny architecture ``ulfine-micro-vit`` into open_clip.
+Importing this package registers ulfine's tiny architecture ``ulfine-micro-vit`` into open_clip
+and the fine-tuning modes and PEFT modules into ``ulfine.registry``.
 """
 
 from .archs import MICRO_ARCH, register_archs
-from .backbone import BACKBONES, CLIPBackbone, PreprocessConfig, build_backbone
+from .backbone import CachedFeatures, CLIPBackbone, PreprocessConfig, build_backbone
 from .finetune import FINETUNE_MODES, ParamSummary, apply_finetune, count_parameters
 from .heads import LinearHead, PrototypeHead, cosine_logits
 from .preprocess import DeviceNormalizer, normalizer_for
 from .peft import PEFT_MODULES
 from .text import text_prototypes
 from .weights import MICRO_WEIGHTS, WeightSource, resolve_weights
-from .zeroshot import zero_shot_logits
 
 register_archs()
 
 __all__ = [
-    "BACKBONES",
+    "CachedFeatures",
     "CLIPBackbone",
     "DeviceNormalizer",
     "FINETUNE_MODES",
@@ -35,5 +35,4 @@ __all__ = [
     "normalizer_for",
     "resolve_weights",
     "text_prototypes",
-    "zero_shot_logits",
 ]

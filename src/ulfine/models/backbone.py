@@ -19,13 +19,10 @@ from torch import nn
 
 from ..config.schema import ModelConfig
 from ..errors import ConfigError, WeightsError
-from ..registry import Registry
 from .archs import arch_preprocess, normalise_arch, register_archs
 from .weights import WeightSource, resolve_weights
 
 log = logging.getLogger(__name__)
-
-BACKBONES: Registry[Callable[..., "CLIPBackbone"]] = Registry("backbone")
 
 
 @dataclass(frozen=True)
@@ -142,9 +139,12 @@ def _create(source: WeightSource, arch: str, cache_dir: Path | None, device: str
         ) from e
 
 
-@BACKBONES.register("open_clip")
-def build_open_clip_backbone(cfg: ModelConfig, device: str | torch.device = "cpu") -> CLIPBackbone:
-    """Any open_clip model: built-in arch + tag/file/'none', ``local-dir:`` or ``hf-hub:``."""
+def build_backbone(cfg: ModelConfig, device: str | torch.device = "cpu") -> CLIPBackbone:
+    """Any open_clip model: built-in arch + tag/file/'none', ``local-dir:`` or ``hf-hub:``.
+
+    E.g. ``build_backbone(ModelConfig(arch='ViT-B-16'))``; ``device='meta'`` builds the
+    structure without memory (parameter counting of big models).
+    """
     register_archs()
     arch = normalise_arch(cfg.arch)
     source = resolve_weights(arch, cfg.pretrained, cfg.cache_dir)
@@ -174,14 +174,22 @@ def _embed_dim(clip: nn.Module) -> int:
     return int(getattr(proj, "out_features"))
 
 
-def build_backbone(cfg: ModelConfig, device: str | torch.device = "cpu") -> CLIPBackbone:
-    """Build the backbone of ``model.*``, e.g. ``build_backbone(ModelConfig(arch='ViT-B-16'))``.
+class CachedFeatures(nn.Module):
+    """The frozen-tower stand-in of feature mode: ``encode_image`` returns its input, which is
+    the (B, D) features the real, frozen tower computed once (``ulfine.features``).
 
-    ``model.arch`` may be prefixed with a registered backbone family (``open_clip:ViT-B-16``);
-    without one, open_clip is used. ``device='meta'`` builds the structure without memory
-    (parameter counting of big models).
+    Why explicit: a method then never guesses from a tensor's rank whether it got images or
+    features; the engine decides, once, by which backbone it gives the method.
     """
-    family, _, rest = cfg.arch.partition(":")
-    if rest and family in BACKBONES:
-        return BACKBONES.get(family)(cfg.model_copy(update={"arch": rest}), device=device)
-    return BACKBONES.get("open_clip")(cfg, device=device)
+
+    def __init__(self, backbone: CLIPBackbone | None = None) -> None:
+        super().__init__()
+        # the facts of the tower that computed the features (names for caches and model cards)
+        for attr in ("arch", "weights_id", "preprocess", "embed_dim", "logit_scale", "finetune"):
+            setattr(self, attr, getattr(backbone, attr, None))
+
+    def encode_image(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features

@@ -25,13 +25,6 @@ def missing(dataset: str, what: str, looked: Sequence[Path], how: str) -> DataEr
     return DataError(f"{dataset}: {what} not found (looked in {where}); {how}")
 
 
-def require_file(dataset: str, path: Path, how: str) -> Path:
-    """``path`` if it is a file, else a DataError naming it."""
-    if not path.is_file():
-        raise missing(dataset, f"file {path.name}", [path.parent], how)
-    return path
-
-
 def list_images(folder: Path, recursive: bool = True) -> list[Path]:
     """Image files under ``folder`` in a stable (sorted) order."""
     pattern = "**/*" if recursive else "*"

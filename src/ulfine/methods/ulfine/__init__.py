@@ -1,6 +1,6 @@
 """ULFine (arXiv 2505.05062): PAF + DLF. Importing this package registers ``ulfine`` in METHODS."""
 
 from . import dlf, paf
-from .method import ULFine
+from .method import ULFine, ULFineOptions
 
-__all__ = ["ULFine", "dlf", "paf"]
+__all__ = ["ULFine", "ULFineOptions", "dlf", "paf"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import log_prior
+from ..losses import logit_adjusted
 
 
 def class_prior(labeled_counts: torch.Tensor, pseudo_counts: torch.Tensor | None = None) -> torch.Tensor:
@@ -37,7 +37,7 @@ def fused_logits(
     Computed in float32 whatever the autocast dtype: bf16 logits at CLIP's scale (~100) would
     round the fused scores to steps of 0.5 and blur the pseudo-label confidences.
     """
-    return (linear.float() - tau_la * log_prior(prior, linear)) + w_dlf * prototype.float()
+    return logit_adjusted(linear, prior, -tau_la) + w_dlf * prototype.float()
 
 
 __all__ = ["class_prior", "fused_logits"]

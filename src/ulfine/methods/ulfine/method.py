@@ -22,58 +22,50 @@ the text prototypes) and the linear branch in ``linear_head`` (absent when ``ulf
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
 
-from ..base import METHODS, Method, MethodContext, PseudoLabels, SSLBatch, StepOutput
+from ...batch import Batch
+from ...config import Section
+from ...models.heads import LinearHead, PrototypeHead
+from ..base import METHODS, Method, MethodContext, MethodOptions, PseudoLabels, StepOutput
 from ..losses import cross_entropy, masked_consistency, pseudo_label
 from . import dlf, paf
 
-if TYPE_CHECKING:
-    from ...config import Config
-    from torch import nn
+
+class ULFineOptions(Section):
+    """ULFine = PAF + DLF. Every [R] choice of docs/method.md is an option here."""
+
+    paf: bool = Field(True, description="Prototype Adaptive Fitting (momentum fitting)")
+    orth: bool = Field(True, description="orthogonality loss on the prototype classifier")
+    dlf: bool = Field(True, description="Dual Logit Fusion (else: prototype branch only)")
+    beta: float = Field(0.9, ge=0.0, le=1.0, description="visual prototype EMA momentum [R]")
+    mu_paf: float = Field(0.1, ge=0.0, le=1.0, description="base momentum of PAF [R]")
+    lambda_orth: float = Field(0.1, ge=0.0, description="orthogonality loss weight [R]")
+    tau_la: float = Field(1.0, ge=0.0, description="logit adjustment in DLF [R]")
+    w_dlf: float = Field(1.0, ge=0.0, description="weight of the prototype logits in DLF [R]")
+    prior: Literal["labeled", "labeled+pseudo"] = Field("labeled", description="DLF prior [R]")
+    pu_stat: Literal["confidence_sum", "count"] = Field(
+        "confidence_sum", description="statistic behind P_u [R]"
+    )
+    learnable_prototypes: bool = Field(
+        True, description="prototype classifier trained by gradient and fitted by momentum [R]"
+    )
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over processes (identity in a single process)."""
-    if _distributed():
-        t = t.clone()
-        dist.all_reduce(t)
-    return t
-
-
-def _all_gather(t: torch.Tensor) -> torch.Tensor:
-    """Concatenation over processes, rank order (identity in a single process).
-
-    Every process holds an equal slice of the global batch (the engine checks divisibility).
-    """
-    if not _distributed():
-        return t
-    t = t.contiguous()
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t)
-    return torch.cat(parts)
-
-
-@METHODS.register("ulfine")
+@METHODS.register("ulfine", options=ULFineOptions)
 class ULFine(Method):
     """ULFine on any fine-tuning strategy: PAF-fitted prototype classifier + DLF with a linear branch."""
 
-    name = "ulfine"
     uses_unlabeled = True
 
-    def __init__(self, cfg: "Config", backbone: "nn.Module", ctx: MethodContext) -> None:
-        super().__init__(cfg, backbone, ctx)
-        from ...models.heads import LinearHead, PrototypeHead
-
-        self.opts = cfg.ulfine
+    def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
+        super().__init__(backbone, ctx, options)
+        self.opts: ULFineOptions = options.own or ULFineOptions()
         k = ctx.num_classes
         text = F.normalize(ctx.text_prototypes.detach().float(), dim=-1)
         # initialised from ctx.text_prototypes exactly as the fixmatch baseline's head, so that
@@ -127,14 +119,14 @@ class ULFine(Method):
         out["decision"] = out["fused"]
         return out
 
-    def _branch_heads(self) -> list[tuple[str, "nn.Module"]]:
+    def _branch_heads(self) -> list[tuple[str, nn.Module]]:
         heads: list[tuple[str, nn.Module]] = [("prototype", self.prototype_head)]
         if self.linear_head is not None:
             heads.insert(0, ("linear", self.linear_head))
         return heads
 
     # -- training -------------------------------------------------------------------------------
-    def training_step(self, batch: SSLBatch) -> StepOutput:
+    def training_step(self, batch: Batch) -> StepOutput:
         """L = sum over branches of [L_s + lambda_u L_u] + lambda_orth L_orth; pseudo-labels from z^f."""
         f_l, f_uw, f_us = self.ssl_features(batch)
         logs: dict[str, float | torch.Tensor] = {}
@@ -163,21 +155,21 @@ class ULFine(Method):
         if f_uw is not None and f_us is not None:
             with torch.no_grad():
                 weak = self.branch_logits(f_uw)["decision"]
-            label, confidence, mask = pseudo_label(weak, self.cfg.ssl.tau)
+            label, confidence, mask = pseudo_label(weak, self.ssl.tau)
             loss_u = f_l.new_zeros((), dtype=torch.float32)
             for name, head in heads:
                 term = masked_consistency(head(f_us), label, mask)
                 loss_u = loss_u + term
                 logs[f"loss_u_{name}"] = term.detach()
-            loss = loss + self.cfg.ssl.lambda_u * loss_u
+            loss = loss + self.ssl.lambda_u * loss_u
             logs["loss_u"] = loss_u.detach()
-            logs["mask_rate"] = mask.mean()
             if batch.idx_u is not None:
                 with torch.no_grad():
                     # every process records every process's samples: PAF state stays identical
+                    gather = self.ctx.collectives.all_gather
                     paf.update_pseudo_label_memory(
-                        self.memory_label, self.memory_conf, _all_gather(batch.idx_u),
-                        _all_gather(label), _all_gather(confidence), _all_gather(mask) > 0,
+                        self.memory_label, self.memory_conf, gather(batch.idx_u),
+                        gather(label), gather(confidence), gather(mask) > 0,
                     )
                 idx = batch.idx_u
             else:
@@ -198,7 +190,8 @@ class ULFine(Method):
         fitting of C_t toward C_v and re-normalisation."""
         if not self.opts.paf:
             return
-        sums, counts = _all_reduce_sum(self.step_sums.clone()), _all_reduce_sum(self.step_counts.clone())
+        reduce = self.ctx.collectives.all_reduce_sum
+        sums, counts = reduce(self.step_sums), reduce(self.step_counts)
         self.visual_prototypes.copy_(
             paf.ema_visual_prototypes(self.visual_prototypes, sums, counts, self.opts.beta)
         )

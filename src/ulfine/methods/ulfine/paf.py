@@ -42,20 +42,6 @@ def ema_visual_prototypes(
     return out.to(visual.dtype)
 
 
-def update_visual_prototypes(
-    visual: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, beta: float
-) -> torch.Tensor:
-    """EMA of the per-class mean of the labeled batch's normalised features [P; form R].
-
-    ``c_k^v <- normalise(beta * c_k^v + (1 - beta) * mean_{i: y_i = k} f^(x_i))`` for the classes
-    present in the batch only; the other rows are returned unchanged (absent classes must not
-    drift toward zero). ``features`` are raw features; they are L2-normalised here.
-    Returns a new (K, D) tensor; nothing is modified in place.
-    """
-    sums, counts = class_feature_sums(features, labels, visual.shape[0])
-    return ema_visual_prototypes(visual, sums, counts, beta)
-
-
 def update_pseudo_label_memory(
     memory_label: torch.Tensor,
     memory_conf: torch.Tensor,
@@ -156,5 +142,4 @@ __all__ = [
     "prototype_logits",
     "pseudo_label_distribution",
     "update_pseudo_label_memory",
-    "update_visual_prototypes",
 ]

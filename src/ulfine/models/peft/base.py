@@ -9,10 +9,12 @@ from torch import nn
 
 from ...config.schema import PEFTConfig
 from ...errors import ConfigError
+from ...registry import PEFT_MODULES as _PEFT_MODULES
 from ...registry import Registry
 
-# name -> inject(visual, opts): adds trainable modules / unfreezes parameters in place.
-PEFT_MODULES: Registry[Callable[[nn.Module, PEFTConfig], None]] = Registry("PEFT module")
+#: name -> inject(visual, opts): adds trainable modules / unfreezes parameters in place
+#: (``ulfine.registry.PEFT_MODULES``, typed here)
+PEFT_MODULES: Registry[Callable[[nn.Module, PEFTConfig], None]] = _PEFT_MODULES
 
 
 def vit_blocks(visual: nn.Module, last_k: int | None = None) -> list[nn.Module]:

@@ -1,0 +1,130 @@
+"""The one place that assembles a run from its config.
+
+Seeding, the data split (checked against the run folder's ``split.json`` when there is one),
+the backbone with its fine-tuning strategy, the text prototypes, the feature-mode decision and
+the method. Training, re-evaluation and everything that loads a finished run later (prediction,
+export) go through :func:`assemble_run`, so a reloaded run is rebuilt by exactly the code that
+trained it. The order of the steps fixes how the global RNG is consumed (random backbones, PEFT
+and head initialisation), so a run is the same whoever assembles it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..data import SSLData, build_ssl_data, check_split
+from ..data.splits import SPLIT_FILE
+from ..errors import ConfigError
+from ..methods import METHODS, Method, MethodContext
+from ..models import (
+    CachedFeatures,
+    CLIPBackbone,
+    DeviceNormalizer,
+    ParamSummary,
+    apply_finetune,
+    build_backbone,
+    normalizer_for,
+    text_prototypes,
+)
+from .runtime import Runtime
+from .seeding import seed_everything
+
+log = logging.getLogger("ulfine.engine")
+
+
+@dataclass
+class RunParts:
+    """Everything a trainer, an evaluation or a predictor needs, on its device."""
+
+    cfg: Config
+    data: SSLData
+    backbone: CLIPBackbone  # the real backbone (also in feature mode: it computes the features)
+    method: Method  # its backbone is ``backbone``, or a CachedFeatures stand-in in feature mode
+    normalizer: DeviceNormalizer  # uint8 (B,3,h,w) on the device -> normalised model input
+    param_summary: ParamSummary  # trainable / total parameters of the backbone
+    feature_mode: bool  # the method sees cached features of the frozen tower, not images
+    device: torch.device
+
+
+def uses_features(cfg: Config) -> bool:
+    """True when this run trains/evaluates on cached features of a frozen tower.
+
+    When the image tower cannot change and no augmentation is asked for -- ``method=zeroshot``, or
+    ``finetune=lp`` with ``data.augment=false`` for a method that does not use unlabeled views --
+    every epoch would push the same pixels through the same tower (``cache.features=false`` turns
+    this off).
+    """
+    method_cls = METHODS.get(cfg.method)
+    if not cfg.cache.features:
+        return False
+    if not method_cls.trains:
+        return True
+    return cfg.finetune == "lp" and not cfg.data.augment and not method_cls.uses_unlabeled
+
+
+def build_data(cfg: Config, run_dir: Path | None) -> SSLData:
+    """The seeded split; when ``run_dir`` holds a ``split.json``, the data must give the same split
+    (``data.root`` may change on resume or re-evaluation, the split may not)."""
+    data = build_ssl_data(cfg.data, cfg.seed)
+    if run_dir is not None and (run_dir / SPLIT_FILE).is_file():
+        check_split(data, run_dir)
+    return data
+
+
+def check_unlabeled(cfg: Config, data: SSLData) -> None:
+    """Fail early when the method needs unlabeled data and the split has none."""
+    if METHODS.get(cfg.method).uses_unlabeled and (data.unlabeled is None or len(data.unlabeled) == 0):
+        raise ConfigError(
+            f"method {cfg.method!r} needs unlabeled data but the split has none; set "
+            "data.num_unlabeled_head > 0 or use method=supervised"
+        )
+
+
+def method_context(backbone: CLIPBackbone, data: SSLData, rt: Runtime, prototypes: torch.Tensor) -> MethodContext:
+    """What the method may know: class names and labeled counts, never unlabeled ground truth."""
+    return MethodContext(
+        num_classes=len(data.class_names),
+        class_names=list(data.class_names),
+        labeled_counts=torch.as_tensor(data.labeled_counts, dtype=torch.long),
+        text_prototypes=prototypes,
+        logit_scale=float(backbone.logit_scale),
+        num_unlabeled=len(data.unlabeled) if data.unlabeled is not None else 0,
+        feature_dim=int(backbone.embed_dim),
+        collectives=rt.collectives(),
+    )
+
+
+def assemble_run(cfg: Config, rt: Runtime, run_dir: Path | None = None) -> RunParts:
+    """Seed, split (checked against ``run_dir/split.json``), backbone + fine-tuning, text
+    prototypes and method, in this order, on ``rt.device``."""
+    seed_everything(cfg.seed)
+    data = build_data(cfg, run_dir)
+    check_unlabeled(cfg, data)
+    device = rt.device
+    backbone = build_backbone(cfg.model, device=device)
+    summary = apply_finetune(backbone, cfg.finetune, cfg.peft, cfg.peft_options)
+    backbone.to(device)
+    with torch.no_grad():
+        prototypes = text_prototypes(
+            backbone, data.class_names, cfg.model.templates, cache_dir=cfg.model.text_cache_dir
+        ).to(device)
+    feature_mode = uses_features(cfg)
+    seen_by_method: nn.Module = CachedFeatures(backbone) if feature_mode else backbone
+    ctx = method_context(backbone, data, rt, prototypes)
+    method = METHODS.get(cfg.method).from_config(cfg, seen_by_method, ctx).to(device)
+    normalizer = normalizer_for(backbone.preprocess).to(device)
+    return RunParts(cfg, data, backbone, method, normalizer, summary, feature_mode, device)
+
+
+def trainable_parameter_count(method: nn.Module) -> int:
+    """Number of parameters the optimiser updates (backbone modules and heads)."""
+    return sum(p.numel() for p in method.parameters() if p.requires_grad)
+
+
+__all__ = ["RunParts", "assemble_run", "build_data", "trainable_parameter_count", "uses_features"]
