@@ -56,7 +56,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
     table.add_column("description")
     for name, desc in list_presets().items():
         table.add_row(name, desc)
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    console.print(_registered_text(), highlight=False)
     return 0
 
 
@@ -72,7 +74,7 @@ def cmd_splits(args: argparse.Namespace) -> int:
     """Per-class labeled/unlabeled counts of a preset, planned (and realised if data exists)."""
     from .config import load_config
 
-    cfg = load_config(args.preset, args.overrides)
+    cfg = load_config(args.preset, _with_plugins(args, args.overrides))
     counts = _split_counts(cfg)
     if args.json:
         print(json.dumps(counts))
@@ -120,12 +122,34 @@ def cmd_splits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_plugins(args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    """``--plugin`` modules become the config's ``plugins`` key, so the run folder records them
+    and ``ulfine eval`` re-imports them."""
+    plugins = list(getattr(args, "plugin", None) or [])
+    return [f"plugins={json.dumps(plugins)}", *overrides] if plugins else list(overrides)
+
+
+def _registered_text() -> str:
+    """The registered methods (with their options sections), fine-tuning modes, PEFT modules and
+    datasets, plugins included."""
+    from .registry import DATASETS, FINETUNE_MODES, METHODS, PEFT_MODULES, load_builtins
+
+    load_builtins()
+    opts = METHODS.options()
+    methods = [f"{m} ({m}.*)" if m in opts else m for m in METHODS.names()]
+    return ("registered (plugins included):\n"
+            f"  method=    {', '.join(methods)}\n"
+            f"  finetune=  {', '.join(FINETUNE_MODES.names())}\n"
+            f"  peft=      {', '.join(PEFT_MODULES.names())}\n"
+            f"  data.dataset= {', '.join(DATASETS.names())}\n")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a method on a preset; writes a run folder."""
     from .config import load_config
     from .engine import train
 
-    cfg = load_config(args.preset, args.overrides)
+    cfg = load_config(args.preset, _with_plugins(args, args.overrides))
     run_dir = train(cfg)
     print(f"run folder: {run_dir}")
     return 0
@@ -180,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     parser.add_argument("--version", action="version", version=f"ulfine {__version__}")
+    parser.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE",
+        help="import MODULE (dotted name or .py file) first: it may register methods, datasets and "
+        "PEFT modules (repeatable; see docs/extending.md)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -210,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("preset", help="preset name (see `ulfine presets`) or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_train)
+    plain_help = p.format_help
+    p.format_help = lambda: plain_help() + "\n" + _registered_text()  # registries load only for help
 
     p = sub.add_parser("eval", help="re-evaluate a finished run",
                        description="Reload RUN_DIR's config and weights and evaluate them. "
@@ -244,8 +275,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plugin_names(argv: list[str]) -> list[str]:
+    """The values of ``--plugin X`` / ``--plugin=X`` in ``argv``."""
+    names = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--plugin"]
+    return names + [arg.split("=", 1)[1] for arg in argv if arg.startswith("--plugin=")]
+
+
+def _preload_plugins(argv: list[str]) -> None:
+    """Import ``--plugin`` modules before the parser is built, so ``train --help`` lists what
+    they register."""
+    from .registry import load_plugin
+
+    for name in _plugin_names(argv):
+        load_plugin(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ulfine`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _preload_plugins(argv)
+    except UlfineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -8,13 +8,13 @@ never NaN, so that every metrics file is valid JSON.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from ..config import EvalConfig
+from ..config import EvalConfig
+
 
 GROUPS = ("head", "medium", "tail")
 
@@ -23,7 +23,7 @@ def _ratio(num: float, den: float) -> float | None:
     return float(num) / float(den) if den > 0 else None
 
 
-def class_groups(labeled_counts: Sequence[int], cfg: "EvalConfig") -> tuple[list[str], dict[str, Any]]:
+def class_groups(labeled_counts: Sequence[int], cfg: EvalConfig) -> tuple[list[str], dict[str, Any]]:
     """Assign every class to head / medium / tail; returns (group per class, the rule as a dict).
 
     ``fraction`` rule (default): classes ranked by labeled count (descending, ties by class index);
@@ -87,7 +87,7 @@ def classification_metrics(
     logits: torch.Tensor,
     target: torch.Tensor,
     labeled_counts: Sequence[int],
-    cfg: "EvalConfig",
+    cfg: EvalConfig,
 ) -> dict[str, Any]:
     """overall_acc, balanced_acc, per_class_acc, group_acc, group_rule and ECE of one test pass.
 

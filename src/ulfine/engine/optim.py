@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from ..config import OptimConfig
+from ..config import OptimConfig
+
 
 NO_DECAY_KEYWORDS = ("prompt", "token", "pos_embed", "positional_embedding", "norm", "ln_")
 
@@ -28,7 +27,7 @@ def trainable_named_parameters(module: nn.Module) -> list[tuple[str, nn.Paramete
     return [(n, p) for n, p in module.named_parameters() if p.requires_grad]
 
 
-def build_optimizer(module: nn.Module, cfg: "OptimConfig") -> torch.optim.Optimizer:
+def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD (momentum, no Nesterov) or AdamW over ``module``'s trainable parameters."""
     named = trainable_named_parameters(module)
     decay = [p for n, p in named if decays(n, p)]
@@ -55,7 +54,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: "OptimConfig", total_steps: int
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-optimiser-step schedule (stepped once after every optimiser step)."""
     return torch.optim.lr_scheduler.LambdaLR(

@@ -9,15 +9,18 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..config import Config
+from rich.console import Console
+from rich.table import Table
+from tqdm.auto import tqdm
+
+from ..config import Config
 
 log = logging.getLogger("ulfine.engine")
 
 
-def default_run_dir(cfg: "Config", now: float | None = None) -> Path:
+def default_run_dir(cfg: Config, now: float | None = None) -> Path:
     """runs/<preset or dataset>-<method>-<finetune>-<YYYYmmdd-HHMMSS>."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     name = cfg.preset or cfg.data.dataset
@@ -55,8 +58,6 @@ class Reporter:
         except Exception as exc:  # tensorboard missing or broken: keep training, say so once
             log.warning("TensorBoard disabled: %s", exc)
         if progress:
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
 
     def _rewind_metrics(self, step: int) -> None:
@@ -109,9 +110,6 @@ def _pct(v: float | None) -> str:
 
 def print_summary(final: dict[str, Any], run_dir: Path) -> None:
     """One-screen rich table of the final metrics."""
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"ulfine run {run_dir.name}", show_header=True)
     table.add_column("metric")
     table.add_column("final model", justify="right")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..jsonable import jsonable
+from ..models.fingerprint import weights_fingerprint
 
 KEY_VERSION = 1  # bump when the stored layout or the extraction semantics change
 
@@ -30,25 +31,6 @@ def indices_hash(indices: np.ndarray | Sequence[int] | torch.Tensor) -> str:
     """Stable hash of an index list (order matters: row i of the cache is image indices[i])."""
     arr = np.ascontiguousarray(np.asarray(indices, dtype=np.int64))
     return _blake(arr.tobytes())
-
-
-def weights_fingerprint(module: nn.Module) -> str:
-    """Hash of every parameter and buffer of ``module`` (names, shapes, dtypes and values).
-
-    Why: a pretrained tag does not identify weights (random weights, local files, re-downloads);
-    hashing the tensors does, for about one second per 100M parameters.
-    """
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
-        if t.numel() == 0:
-            continue
-        t = t.to("cpu").contiguous()
-        if t.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the raw 16-bit words
-            t = t.view(torch.int16)
-        h.update(memoryview(t.numpy()).cast("B"))
-    return h.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:

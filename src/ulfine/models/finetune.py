@@ -68,6 +68,8 @@ def apply_finetune(
     """
     if backbone.finetune is not None:
         raise ConfigError(f"apply_finetune was already applied ({backbone.finetune}); build a new backbone")
+    if finetune not in FINETUNE_MODES:
+        raise ConfigError(f"finetune={finetune} is unknown; choose one of: {', '.join(FINETUNE_MODES.names())}")
     mode = FINETUNE_MODES.get(finetune)
     backbone.visual.requires_grad_(False)
     backbone.finetune = mode(backbone, peft, opts or PEFTConfig())

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .backbone import CLIPBackbone
+from .fingerprint import weights_fingerprint
 
 log = logging.getLogger(__name__)
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -29,11 +30,7 @@ def _weights_identity(backbone: CLIPBackbone) -> str:
     """Random ('none') weights differ per seed, so they are named by their text-tower content."""
     if not backbone.weights_id.startswith("none:"):
         return backbone.weights_id
-    h = hashlib.sha256()
-    for name, p in sorted((n, p) for n, p in backbone.clip.named_parameters() if not n.startswith("visual.")):
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().numpy().tobytes())
-    return f"{backbone.weights_id}:{h.hexdigest()[:16]}"
+    return f"{backbone.weights_id}:{weights_fingerprint(backbone.clip, skip_prefix='visual.')[:16]}"
 
 
 def prototype_cache_key(backbone: CLIPBackbone, class_names: Sequence[str], templates: Sequence[str]) -> str:
