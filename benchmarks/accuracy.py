@@ -8,8 +8,9 @@ The micro world and its task were fixed before any method was compared; nothing 
     python benchmarks/accuracy.py --settings consistent --seeds 0 --workers 2
 
 Each finished run is appended to ``OUT/rows.jsonl`` at once (a killed benchmark keeps what it
-has, and a re-run skips finished runs); the tables are ``OUT/accuracy.md`` and
-``OUT/accuracy.json`` (default OUT: benchmarks/results/accuracy).
+has, and a re-run skips finished runs); the tables (built by ``ulfine.apps.results``) are
+``OUT/accuracy.md``, ``OUT/accuracy.csv`` and ``OUT/accuracy.json`` (default OUT:
+benchmarks/results/accuracy).
 """
 
 from __future__ import annotations
@@ -34,15 +35,14 @@ def _run_one(label: str, preset: str, seed: int, runs_dir: str, overrides: list[
     import torch
 
     torch.set_num_threads(threads)
-    from ulfine.micro.compare import BENCHMARK_METHODS, rows_to_json, run_method
+    from ulfine.apps.compare import BENCHMARK_METHODS, run_method
+    from ulfine.apps.results import rows_to_json
 
     spec = next(m for m in BENCHMARK_METHODS if m.label == label)
     return rows_to_json([run_method(spec, preset, seed, Path(runs_dir), overrides, progress=False)])[0]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ulfine.micro.compare import BENCHMARK_METHODS, aggregate, markdown_aggregate, rows_from_json
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aggregate-only", action="store_true", help="only rebuild the tables from rows.jsonl")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
     args = ap.parse_args(argv)
+    # late imports: ulfine (torch, the engine) loads after the arguments parse, so --help is fast
+    from ulfine.apps.compare import BENCHMARK_METHODS
+    from ulfine.apps.results import aggregate, aggregate_csv, markdown_aggregate, rows_from_json
+
     if args.list:
         print("\n".join(m.label for m in BENCHMARK_METHODS))
         return 0
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                              order.get(r.label, 99), r.seed))
     entries = aggregate(rows)
     (out / "accuracy.json").write_text(json.dumps({"overrides": args.overrides, "results": entries}, indent=1) + "\n")
+    (out / "accuracy.csv").write_text(aggregate_csv(entries))
     md = ("# Micro-world accuracy benchmark\n\nTest accuracy (%) of the final model, mean ± std over "
           "seeds; tail PL precision = mean precision of confident pseudo-labels over tail classes; "
           f"groups: {rows[0].group_rule if rows else ''}.\n\n" + markdown_aggregate(entries))

@@ -1,6 +1,7 @@
 """Shared plumbing of the reproduction scripts: a grid of ``ulfine train`` runs, executed one
 after the other (or only printed with ``--dry-run``), then final_metrics.json files collected
-into Markdown tables.
+into Markdown and CSV tables by ``ulfine.apps.results`` (the project's one results-table module;
+this file only knows the grid: where each run lives and which cells it belongs to).
 
 Each run writes to ``<runs-dir>/<table>/<preset>/<row slug>/seed<seed>``; a run whose folder
 already holds final_metrics.json is skipped, so a grid can be interrupted and re-launched.
@@ -15,7 +16,6 @@ import json
 import re
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "final_metrics.json"
+from ulfine.apps.results import METRICS_FILE, RunRecord, records_csv, table_by_metric, table_by_preset
 
 
 @dataclass(frozen=True)
@@ -136,86 +136,33 @@ def load_metrics(run: Run, runs_dir: Path) -> dict[str, Any] | None:
     return metrics
 
 
-def get(metrics: dict[str, Any], dotted: str) -> float | None:
-    """``metrics['group_acc']['tail']`` as ``get(m, 'group_acc.tail')``; None when absent."""
-    node: Any = metrics
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or node.get(part) is None:
-            return None
-        node = node[part]
-    return float(node) if isinstance(node, (int, float)) else None
-
-
-# metric name -> (column title, dotted key in final_metrics.json, scale)
-METRICS: dict[str, tuple[str, str, float]] = {
-    "overall": ("overall acc (%)", "overall_acc", 100.0),
-    "overall_last_k": ("overall, mean of last k (%)", "last_k_mean.overall_acc", 100.0),
-    "head": ("head acc (%)", "group_acc.head", 100.0),
-    "medium": ("medium acc (%)", "group_acc.medium", 100.0),
-    "tail": ("tail acc (%)", "group_acc.tail", 100.0),
-    "balanced": ("balanced acc (%)", "balanced_acc", 100.0),
-    "ece": ("ECE (%)", "ece", 100.0),
-    "pl_precision": ("pseudo-label precision (%)", "pseudo_labels.precision", 100.0),
-    "pl_recall": ("pseudo-label recall (%)", "pseudo_labels.recall", 100.0),
-    "pl_mask_rate": ("mask rate (%)", "pseudo_labels.mask_rate", 100.0),
-    "train_minutes": ("train time (min)", "train_seconds", 1 / 60),
-    "wall_minutes": ("wall time incl. eval (min)", "wall_seconds", 1 / 60),
-    "trainable_params": ("trainable params (M)", "trainable_params", 1e-6),
-}
-
-
-def cell(values: list[float], digits: int = 2) -> str:
-    """``mean ± std (n)`` of a cell's seeds; ``-`` when no run finished."""
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    """A GitHub Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def values(grid: Grid, runs_dir: Path, label: str, preset: str, metric: str) -> list[float]:
-    """The metric over the seeds of one (row, preset) cell, scaled for display."""
-    _, key, scale = METRICS[metric]
+def records(grid: Grid, runs_dir: Path) -> list[RunRecord]:
+    """The grid's finished runs with their metrics, in grid order (unfinished runs left out)."""
     out = []
     for run in grid.runs:
-        if run.label == label and run.preset == preset:
-            m = load_metrics(run, runs_dir)
-            v = None if m is None else get(m, key)
-            if v is not None:
-                out.append(v * scale)
+        metrics = load_metrics(run, runs_dir)
+        if metrics is not None:
+            out.append(RunRecord(run.label, run.preset, run.seed, metrics))
     return out
 
 
 def table_rows_by_preset(grid: Grid, runs_dir: Path, metric: str) -> str:
-    """Rows = labels, columns = presets, cells = one metric."""
-    header = [METRICS[metric][0]] + grid.presets
-    rows = [[label] + [cell(values(grid, runs_dir, label, p, metric)) for p in grid.presets]
-            for label in grid.labels]
-    return markdown(header, rows)
+    """Rows = labels, columns = presets, cells = one metric (mean ± std over seeds)."""
+    return table_by_preset(records(grid, runs_dir), grid.labels, grid.presets, metric).markdown()
 
 
 def table_rows_by_metric(grid: Grid, runs_dir: Path, preset: str, metrics: Sequence[str]) -> str:
     """Rows = labels, columns = metrics, for one preset."""
-    header = ["run"] + [METRICS[m][0] for m in metrics]
-    rows = [[label] + [cell(values(grid, runs_dir, label, preset, m)) for m in metrics]
-            for label in grid.labels]
-    return markdown(header, rows)
+    return table_by_metric(records(grid, runs_dir), grid.labels, preset, metrics).markdown()
 
 
 def per_preset_tables(columns: Sequence[str]) -> Callable[[Grid, Path], str]:
     """A renderer with one ``## preset`` table per preset: rows = labels, columns = metrics."""
 
     def render(grid: Grid, runs_dir: Path) -> str:
+        done = records(grid, runs_dir)
         return "\n\n".join(
-            f"## {preset}\n\n" + table_rows_by_metric(grid, runs_dir, preset, columns)
+            f"## {preset}\n\n" + table_by_metric(done, grid.labels, preset, columns).markdown()
             for preset in grid.presets
         )
 
@@ -223,15 +170,15 @@ def per_preset_tables(columns: Sequence[str]) -> Callable[[Grid, Path], str]:
 
 
 def finish(grid: Grid, args: argparse.Namespace, render: Callable[[Grid, Path], str], title: str) -> int:
-    """Run (or print) the grid, then write the Markdown report; exit status for ``main``."""
+    """Run (or print) the grid, then write the Markdown report and a per-run CSV; exit status."""
     failures = execute(grid, args)
     if args.dry_run:
         print(f"# {len(grid.runs)} runs; table -> {args.out or Path('reports') / (grid.table + '.md')}")
         return 0
-    done = sum(load_metrics(r, args.runs_dir) is not None for r in grid.runs)
+    finished = records(grid, args.runs_dir)
     body = render(grid, args.runs_dir)
     text = (
-        f"# {title}\n\n{done}/{len(grid.runs)} runs finished; cells are mean ± std over seeds "
+        f"# {title}\n\n{len(finished)}/{len(grid.runs)} runs finished; cells are mean ± std over seeds "
         f"{sorted({r.seed for r in grid.runs})} of the final model (never a best-on-test pick).\n"
         f"Extra overrides: {' '.join(args.extra) or 'none'}. Runs in {args.runs_dir / grid.table}.\n\n"
         f"{body}\n"
@@ -239,6 +186,7 @@ def finish(grid: Grid, args: argparse.Namespace, render: Callable[[Grid, Path], 
     out = args.out or Path("reports") / f"{grid.table}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
+    out.with_suffix(".csv").write_text(records_csv(finished))
     print(text)
-    print(f"wrote {out}")
+    print(f"wrote {out} and {out.with_suffix('.csv')} (one line per finished run)")
     return 1 if failures else 0

@@ -176,7 +176,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the offline demo on the micro world and print the comparison table."""
-    from .micro.demo import run_demo
+    from .apps.demo import run_demo
 
     run_demo(Path(args.out), quick=args.quick)
     return 0
@@ -184,7 +184,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_pretrain_micro(args: argparse.Namespace) -> int:
     """Pretrain the tiny CLIP on the procedural captioned-image world."""
-    from .micro.pretrain import pretrain
+    from .microworld.pretrain import pretrain
 
     path = pretrain(Path(args.out), steps=args.steps, batch_size=args.batch_size, seed=args.seed)
     print(f"weights written to {path}")

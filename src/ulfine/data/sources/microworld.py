@@ -4,14 +4,14 @@ Why: the shipped tiny CLIP (``model.arch=ulfine-micro-vit model.pretrained=micro
 it can read: 24 colour+shape classes ("purple star", "red circle", ...) drawn under a domain
 shift from its pretraining world, 8 of them colour/shape pairs pretraining never showed. The
 images are generated in memory from a fixed seed (a few seconds, cached per process), so every
-machine sees the same bytes. See ``ulfine.micro.task`` and docs/microworld.md.
+machine sees the same bytes. See ``ulfine.microworld.task`` and docs/microworld.md.
 """
 
 from __future__ import annotations
 
 from ...config import DataConfig
-from ...micro.task import CLASS_NAMES, NUM_CLASSES, TEST_PER_CLASS, TRAIN_PER_CLASS, task_arrays
-from ...micro.world import IMAGE_SIZE
+from ...microworld.task import CLASS_NAMES, NUM_CLASSES, TEST_PER_CLASS, TRAIN_PER_CLASS, task_arrays
+from ...microworld.world import IMAGE_SIZE
 from ..base import DATASETS, DatasetSpec, ImageSet, SourceData
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ulfine.micro.pretrain import build_micro_clip, contrastive_step_loss, pretrain
-from ulfine.micro.world import sample_pretrain_batch
+from ulfine.microworld.pretrain import build_micro_clip, contrastive_step_loss, pretrain
+from ulfine.microworld.world import sample_pretrain_batch
 
 
 def _fixed_batch_loss(model: torch.nn.Module) -> float:

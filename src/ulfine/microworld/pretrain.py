@@ -23,8 +23,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ..errors import ConfigError
+from ..models.archs import MICRO_ARCH, register_archs
+from ..models.preprocess import DeviceNormalizer
+from .task import CLASS_NAMES, NUM_CLASSES, TEST_PER_CLASS, held_out_classes, task_arrays
 from .world import sample_pretrain_batch
-from .zeroshot import per_class_accuracy, to_model_input, zero_shot_predict
+from .zeroshot import as_uint8_nchw, micro_normalizer, per_class_accuracy, zero_shot_predict
 
 DEFAULT_STEPS = 1000
 DEFAULT_BATCH = 128
@@ -65,21 +69,14 @@ def build_micro_clip(seed: int = 0) -> torch.nn.Module:
     """A randomly initialised ``ulfine-micro-vit`` open_clip model (image + text towers)."""
     import open_clip
 
-    from ..models.archs import MICRO_ARCH, register_archs
-
     register_archs()
     torch.manual_seed(seed)
     return open_clip.create_model(MICRO_ARCH, pretrained=None, output_dict=True)
 
 
-def micro_preprocess() -> tuple[list[float], list[float]]:
-    """(mean, std) the micro architecture is registered with."""
-    from ..models.archs import MICRO_ARCH, arch_preprocess
-
-    cfg = arch_preprocess(MICRO_ARCH)
-    return list(cfg["mean"]), list(cfg["std"])
-
-
+# Pretraining's own learning-rate schedule (linear warm-up, then cosine to 0). It matches
+# ulfine.engine.optim.lr_factor(step, steps, warmup, "cosine") * lr; kept apart until the two
+# schedules are merged into one.
 def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -87,21 +84,30 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return 0.5 * lr * (1.0 + math.cos(math.pi * t))
 
 
-def contrastive_step_loss(model: torch.nn.Module, tokenizer, images: np.ndarray, captions: list[str]) -> torch.Tensor:  # noqa: ANN001
-    """open_clip's symmetric InfoNCE loss of one (images, captions) batch."""
+def contrastive_step_loss(
+    model: torch.nn.Module,
+    tokenizer,  # noqa: ANN001 - open_clip tokenizer
+    images: np.ndarray,
+    captions: list[str],
+    normalizer: DeviceNormalizer | None = None,
+) -> torch.Tensor:
+    """open_clip's symmetric InfoNCE loss of one (images, captions) batch.
+
+    ``normalizer`` (default :func:`micro_normalizer`) turns the uint8 batch into model input on
+    the model's device; pass one to build it once per run instead of once per step.
+    """
     from open_clip.loss import ClipLoss
 
-    mean, std = micro_preprocess()
     device = model.logit_scale.device
-    out = model(to_model_input(images, mean, std).to(device), tokenizer(captions).to(device))
+    normalizer = (normalizer or micro_normalizer()).to(device)
+    x = normalizer(as_uint8_nchw(images).to(device))
+    out = model(x, tokenizer(captions).to(device))
     return ClipLoss()(out["image_features"], out["text_features"], out["logit_scale"])
 
 
 @torch.no_grad()
 def evaluate_zero_shot(model: torch.nn.Module, tokenizer, per_class: int = 40) -> dict[str, float]:  # noqa: ANN001
     """Zero-shot accuracy of an open_clip model on the first ``per_class`` test images per class."""
-    from .task import CLASS_NAMES, NUM_CLASSES, TEST_PER_CLASS, held_out_classes, task_arrays
-
     _, _, x_te, y_te = task_arrays()
     keep = np.concatenate([np.arange(k * TEST_PER_CLASS, k * TEST_PER_CLASS + per_class) for k in range(NUM_CLASSES)])
     images, labels = x_te[keep], y_te[keep]
@@ -109,8 +115,7 @@ def evaluate_zero_shot(model: torch.nn.Module, tokenizer, per_class: int = 40) -
     model.eval()
     device = model.logit_scale.device
     text = model.encode_text(tokenizer([TEMPLATE.format(c) for c in CLASS_NAMES]).to(device))
-    mean, std = micro_preprocess()
-    pred = zero_shot_predict(lambda x: model.encode_image(x.to(device)), text, images, mean, std)
+    pred = zero_shot_predict(lambda x: model.encode_image(x.to(device)), text, images, micro_normalizer())
     model.train(was_training)
     acc = per_class_accuracy(pred, labels, NUM_CLASSES)
     held = held_out_classes()
@@ -124,14 +129,56 @@ def evaluate_zero_shot(model: torch.nn.Module, tokenizer, per_class: int = 40) -
     }
 
 
-def save_weights(model: torch.nn.Module, path: Path, fp16: bool = True) -> None:
-    """open_clip state dict as safetensors (fp16 keeps the shipped file under ~10 MB)."""
+def save_micro_clip(model: torch.nn.Module, path: Path, fp16: bool = True) -> None:
+    """Write a pretrained micro-CLIP as the open_clip state dict in safetensors.
+
+    Why its own writer (not the engine's run checkpoint): this file *is* a foundation model that
+    ``model.pretrained=micro`` / ``=<file>`` loads into open_clip; fp16 keeps the shipped file
+    under ~10 MB.
+    """
     state = {}
     for name, value in model.state_dict().items():
         value = value.detach().cpu()
         state[name] = (value.half() if fp16 and value.is_floating_point() else value).contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata={"arch": "ulfine-micro-vit", "format": "open_clip"})
+
+
+def _train_contrastive(
+    model: torch.nn.Module, steps: int, batch_size: int, seed: int, lr: float, weight_decay: float,
+    warmup: int, progress: bool,
+) -> list[float]:
+    """The pretraining loop (AdamW, warm-up + cosine, one fresh seeded batch per step); its losses.
+
+    Why a thread: the next world batch is drawn (numpy, GIL released) while this one trains.
+    """
+    import open_clip
+    from tqdm.auto import tqdm
+
+    tokenizer = open_clip.get_tokenizer(MICRO_ARCH)
+    normalizer = micro_normalizer()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98), eps=1e-6)
+    batch_seed = lambda i: seed * 1_000_003 + i  # noqa: E731 - one seeded batch per step
+    losses: list[float] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(sample_pretrain_batch, batch_seed(0), batch_size)
+        bar = tqdm(range(steps), desc="pretrain-micro", disable=not progress, unit="step")
+        for step in bar:
+            images, captions, _ = pending.result()
+            if step + 1 < steps:
+                pending = pool.submit(sample_pretrain_batch, batch_seed(step + 1), batch_size)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, steps, lr, warmup)
+            loss = contrastive_step_loss(model, tokenizer, images, captions, normalizer)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            losses.append(loss.item())
+            if step % 10 == 0 or step + 1 == steps:
+                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
+    return losses
 
 
 def pretrain(
@@ -157,55 +204,29 @@ def pretrain(
         pretrain("src/ulfine/assets/micro_clip.safetensors")  # the shipped recipe
     """
     import open_clip
-    from tqdm.auto import tqdm
-
-    from ..models.archs import MICRO_ARCH
 
     steps = DEFAULT_STEPS if steps is None else steps
     batch_size = DEFAULT_BATCH if batch_size is None else batch_size
     if steps < 1 or batch_size < 2:
-        from ..errors import ConfigError
-
         raise ConfigError(f"pretrain-micro needs steps >= 1 and batch size >= 2 (got {steps}, {batch_size})")
     if threads:
         torch.set_num_threads(threads)
     out_path = Path(out_path)
     model = build_micro_clip(seed).to(device)
     model.train()
-    tokenizer = open_clip.get_tokenizer(MICRO_ARCH)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98), eps=1e-6)
     warmup = max(1, steps // 20) if warmup is None else max(1, warmup)
-    batch_seed = lambda i: seed * 1_000_003 + i  # noqa: E731 - one seeded batch per step
-
-    losses: list[float] = []
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1) as pool:  # draw the next batch while this one trains
-        pending = pool.submit(sample_pretrain_batch, batch_seed(0), batch_size)
-        bar = tqdm(range(steps), desc="pretrain-micro", disable=not progress, unit="step")
-        for step in bar:
-            images, captions, _ = pending.result()
-            if step + 1 < steps:
-                pending = pool.submit(sample_pretrain_batch, batch_seed(step + 1), batch_size)
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, steps, lr, warmup)
-            loss = contrastive_step_loss(model, tokenizer, images, captions)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item())
-            if step % 10 == 0 or step + 1 == steps:
-                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
+    losses = _train_contrastive(model, steps, batch_size, seed, lr, weight_decay, warmup, progress)
     seconds = time.perf_counter() - start
+    tokenizer = open_clip.get_tokenizer(MICRO_ARCH)
     zs = evaluate_zero_shot(model, tokenizer, eval_per_class) if eval_per_class > 0 else {}
-    save_weights(model, out_path)
+    save_micro_clip(model, out_path)
     result = PretrainResult(
         path=str(out_path), arch=MICRO_ARCH, steps=steps, batch_size=batch_size, seed=seed, lr=lr,
         seconds=round(seconds, 1), device=str(device), torch_threads=torch.get_num_threads(),
         first_loss=float(np.mean(losses[:10])), final_loss=float(np.mean(losses[-10:])),
         losses=[round(x, 4) for x in losses], **zs,
-        command=command or f"ulfine.micro.pretrain.pretrain({str(out_path)!r}, steps={steps}, "
+        command=command or f"ulfine.microworld.pretrain.pretrain({str(out_path)!r}, steps={steps}, "
         f"batch_size={batch_size}, seed={seed}, lr={lr}, weight_decay={weight_decay}, device={device!r})",
     )
     out_path.with_suffix(".json").write_text(json.dumps(asdict(result), indent=1) + "\n")

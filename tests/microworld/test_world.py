@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ulfine.micro import world as W
+from ulfine.microworld import world as W
 
 
 def test_same_seed_same_images_and_captions() -> None:

@@ -7,8 +7,8 @@ import pytest
 
 from ulfine.config import list_presets, load_config
 from ulfine.data import DATASETS, build_ssl_data, class_counts, plan_counts
-from ulfine.micro import task as T
-from ulfine.micro.world import COLOUR_NAMES, SHAPES, is_held_out
+from ulfine.microworld import task as T
+from ulfine.microworld.world import COLOUR_NAMES, SHAPES, is_held_out
 
 PRESETS = sorted(p for p in list_presets() if p.startswith("microworld_"))
 

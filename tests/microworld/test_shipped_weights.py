@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from ulfine.config import ModelConfig
-from ulfine.micro import task as T
-from ulfine.micro.zeroshot import zero_shot_predict
-from ulfine.models import MICRO_ARCH, MICRO_WEIGHTS, build_backbone
+from ulfine.microworld import task as T
+from ulfine.microworld.zeroshot import micro_normalizer, zero_shot_predict
+from ulfine.models import MICRO_ARCH, MICRO_WEIGHTS, build_backbone, normalizer_for
 
 
 def test_shipped_weights_zero_shot_far_above_chance() -> None:
@@ -20,8 +20,7 @@ def test_shipped_weights_zero_shot_far_above_chance() -> None:
     keep = np.concatenate([np.arange(k * T.TEST_PER_CLASS, k * T.TEST_PER_CLASS + 15) for k in range(T.NUM_CLASSES)])
     with torch.no_grad():
         text = backbone.encode_text([f"a photo of a {c}." for c in T.CLASS_NAMES])
-    pp = backbone.preprocess
-    pred = zero_shot_predict(backbone.encode_image, text, x_te[keep], pp.mean, pp.std)
+    pred = zero_shot_predict(backbone.encode_image, text, x_te[keep], normalizer_for(backbone.preprocess))
     acc = float((pred == y_te[keep]).mean())
     # chance is 1/24 = 4.2%; the shipped weights measured 56.8% on the full test set
     assert acc > 0.40, acc
@@ -31,3 +30,6 @@ def test_shipped_weights_zero_shot_far_above_chance() -> None:
     record = json.loads(MICRO_WEIGHTS.with_suffix(".json").read_text())
     assert record["arch"] == MICRO_ARCH and record["zero_shot_accuracy"] > 0.5
     assert MICRO_WEIGHTS.stat().st_size < 10_500_000
+    # pretraining's normaliser (no backbone at hand) is the backbone's, to the bit
+    x = torch.from_numpy(np.array(x_te[:8])).permute(0, 3, 1, 2)
+    assert torch.equal(micro_normalizer()(x), normalizer_for(backbone.preprocess)(x))

@@ -1,0 +1,78 @@
+"""Run several methods on one preset through the real engine, one table row per run.
+
+Why: the demo (one seed, five methods) and the accuracy benchmark (every method, three seeds,
+three settings) ask the same question of the same engine; this module is the one place that
+turns a method spec into a run. It uses the engine only through its two public calls,
+``load_config`` and ``train``; the numbers are the engine's ``final_metrics.json``, read by
+:mod:`ulfine.apps.results`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import load_config
+from ..engine import train
+from .results import METRICS_FILE, Row, row_from_metrics
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A row of a comparison: a label and the config overrides that make it."""
+
+    label: str
+    overrides: tuple[str, ...]
+
+    @property
+    def slug(self) -> str:
+        """Folder-safe name of the row."""
+        return "".join(c if c.isalnum() else "-" for c in self.label.lower()).strip("-").replace("--", "-")
+
+
+#: the demo's comparison: the paper's three ways to use the foundation model, plus ULFine
+DEMO_METHODS: tuple[MethodSpec, ...] = (
+    MethodSpec("zero-shot", ("method=zeroshot", "finetune=lp")),
+    MethodSpec("LP + FixMatch", ("method=fixmatch", "finetune=lp")),
+    MethodSpec("LFT + FixMatch", ("method=fixmatch", "finetune=lft")),
+    MethodSpec("FFT + FixMatch", ("method=fixmatch", "finetune=fft")),
+    MethodSpec("ULFine (LFT)", ("method=ulfine", "finetune=lft")),
+)
+#: the benchmark adds the supervised and long-tailed baselines (all on LFT, like ULFine)
+BENCHMARK_METHODS: tuple[MethodSpec, ...] = DEMO_METHODS[:4] + (
+    MethodSpec("LFT supervised", ("method=supervised", "finetune=lft")),
+    MethodSpec("LFT + FixMatch-LA", ("method=fixmatch_la", "finetune=lft")),
+    MethodSpec("LFT + FineSSL", ("method=finessl", "finetune=lft")),
+    DEMO_METHODS[4],
+)
+
+
+def run_dir_for(spec: MethodSpec, preset: str, seed: int, runs_dir: Path) -> Path:
+    """The run folder :func:`run_method` writes (so callers can find or clear it)."""
+    return Path(runs_dir) / f"{preset}-{spec.slug}-s{seed}"
+
+
+def run_method(
+    spec: MethodSpec,
+    preset: str,
+    seed: int,
+    runs_dir: Path,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+) -> Row:
+    """Train (or, for zero-shot, just evaluate) one method with the engine; return its row.
+
+    ``overrides`` apply after the method's own, so they win.
+    """
+    cfg = load_config(preset, [
+        *spec.overrides, f"seed={seed}", f"output_dir={run_dir_for(spec, preset, seed, runs_dir)}",
+        f"train.progress={str(progress).lower()}", *overrides,
+    ])
+    out = Path(train(cfg))
+    metrics = json.loads((out / METRICS_FILE).read_text())
+    return row_from_metrics(spec.label, preset, seed, metrics, out)
+
+
+__all__ = ["BENCHMARK_METHODS", "DEMO_METHODS", "MethodSpec", "run_dir_for", "run_method"]

@@ -1,0 +1,53 @@
+"""The demo runs the real engine, writes its report, and can be run again into the same folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ulfine.apps.compare import DEMO_METHODS
+from ulfine.apps.demo import clear_previous_runs
+from ulfine.microworld.task import CLASS_NAMES
+
+TINY = ["train.max_steps=2", "train.steps_per_epoch=2", "train.epochs=1", "eval.last_k=1"]
+
+
+def test_clear_previous_runs_only_removes_run_folders(tmp_path: Path) -> None:
+    run, other, missing = tmp_path / "run", tmp_path / "notes", tmp_path / "absent"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    assert clear_previous_runs([run, other, missing]) == [run]
+    assert not run.exists() and (other / "keep.txt").is_file()
+
+
+@pytest.mark.slow
+def test_demo_writes_its_report(tmp_path: Path) -> None:
+    from ulfine.apps.demo import run_demo
+
+    res = run_demo(tmp_path, methods=[DEMO_METHODS[0], DEMO_METHODS[4]], progress=False, overrides=TINY)
+    assert [r.label for r in res.rows] == ["zero-shot", "ULFine (LFT)"]
+    for name in ("report.md", "results.json", "results.csv", "group_accuracy.png", "per_class_accuracy.png"):
+        assert (tmp_path / name).is_file()
+    assert not math.isnan(res.rows[0].overall) and res.rows[0].overall > 0.3
+    # class names are those of the split the engine trained on (its split.json)
+    assert json.loads((tmp_path / "results.json").read_text())["class_names"] == list(CLASS_NAMES)
+
+
+@pytest.mark.slow
+def test_demo_runs_twice_into_the_same_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ulfine.apps.demo import run_demo
+
+    methods = [DEMO_METHODS[0], DEMO_METHODS[1]]
+    first = run_demo(tmp_path, methods=methods, progress=False, overrides=TINY)
+    assert "removed" not in capsys.readouterr().out
+    second = run_demo(tmp_path, methods=methods, progress=False, overrides=TINY)
+    out = capsys.readouterr().out
+    assert f"removed 2 run folder(s) of a previous demo under {tmp_path / 'runs'}" in out
+    assert [r.run_dir for r in second.rows] == [r.run_dir for r in first.rows]
+    assert [r.overall for r in second.rows] == [r.overall for r in first.rows]  # same seed, same numbers
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(Path(r.run_dir).name for r in second.rows)
