@@ -31,7 +31,7 @@ class AttentionKernelCounter(TorchDispatchMode):
         self.ops: Counter[str] = Counter()
         self.attention_softmax = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         self.ops[name] += 1
         if name in ("_softmax", "softmax") and args and getattr(args[0], "ndim", 0) == 4:

@@ -86,7 +86,7 @@ def cpu_step_peak_bytes(fn: Callable[[], Any]) -> int:
     return _peak_from_trace(prof)
 
 
-def _peak_from_trace(prof) -> int:  # noqa: ANN001
+def _peak_from_trace(prof) -> int:
     """Running-sum peak of the CPU '[memory]' events of a profiler trace."""
     import json
     import os

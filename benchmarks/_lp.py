@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from _common import sync
 from _train import autocast, autocast_dtype
 
@@ -25,9 +24,8 @@ def run_lp(arch: str, device: torch.device, *, num_images: int, batch: int = 256
     """
     from ulfine.config.schema import ModelConfig
     from ulfine.data import ImageSet, eval_batches
-    from ulfine.models import DeviceNormalizer
     from ulfine.features import cached_features, feature_cache_key
-    from ulfine.models import LinearHead, apply_finetune, build_backbone
+    from ulfine.models import DeviceNormalizer, LinearHead, apply_finetune, build_backbone
 
     torch.manual_seed(0)
     backbone = build_backbone(ModelConfig(arch=arch, pretrained="none", text_cache_dir=None))
@@ -42,11 +40,11 @@ def run_lp(arch: str, device: torch.device, *, num_images: int, batch: int = 256
     labels = torch.from_numpy(images.labels)
     amp = autocast_dtype(device)
 
-    def make_head():  # noqa: ANN202
+    def make_head():
         head = LinearHead(backbone.embed_dim, num_classes).to(device)
         return head, torch.optim.SGD(head.parameters(), lr=0.03, momentum=0.9)
 
-    def head_step(head, opt, feats: torch.Tensor, y: torch.Tensor) -> None:  # noqa: ANN001
+    def head_step(head, opt, feats: torch.Tensor, y: torch.Tensor) -> None:
         with autocast(device, amp):
             loss = F.cross_entropy(head(feats).float(), y)
         opt.zero_grad(set_to_none=True)
@@ -73,7 +71,7 @@ def run_lp(arch: str, device: torch.device, *, num_images: int, batch: int = 256
             head_step(head, opt, feats_all[idx].to(device, non_blocking=True),
                       labels[idx].to(device, non_blocking=True))
 
-    def timed_epochs(fn, n: int) -> float:  # noqa: ANN001
+    def timed_epochs(fn, n: int) -> float:
         sync(device)
         t0 = time.perf_counter()
         for e in range(n):
@@ -85,7 +83,7 @@ def run_lp(arch: str, device: torch.device, *, num_images: int, batch: int = 256
         key = feature_cache_key(backbone, arch=arch, dataset="synthetic", role="labeled",
                                 indices=np.arange(num_images))
         kwargs = {"key": key, "cache_dir": Path(tmp), "device": device}
-        batches = lambda: (x for x, _, _ in eval_batches(images, batch))  # noqa: E731
+        batches = lambda: (x for x, _, _ in eval_batches(images, batch))
         sync(device)
         t0 = time.perf_counter()
         with autocast(device, amp):
@@ -98,7 +96,7 @@ def run_lp(arch: str, device: torch.device, *, num_images: int, batch: int = 256
         open_s = time.perf_counter() - t0
         cached_epoch(feats, 99)  # warm-up
         uncached_epoch(99)
-        cached_s = timed_epochs(lambda e: cached_epoch(feats, e), max(3, epochs))
+        cached_s = timed_epochs(lambda e, f=feats: cached_epoch(f, e), max(3, epochs))
         uncached_s = timed_epochs(uncached_epoch, epochs)
         del feats
     return {

@@ -14,15 +14,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-
 from _common import sync
+from torch.utils.data import DataLoader, Dataset
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def synthetic_ssl_data(n: int, size: int = 32, num_classes: int = 10, seed: int = 0):  # noqa: ANN201
+def synthetic_ssl_data(n: int, size: int = 32, num_classes: int = 10, seed: int = 0):
     """An SSLData of random uint8 images (no dataset on disk needed)."""
     from ulfine.data import ImageSet, SSLData
 
@@ -53,7 +52,7 @@ class PeerDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):  # noqa: ANN204
+    def __getitem__(self, i: int):
         from PIL import Image
 
         img = Image.fromarray(self.images[i])
@@ -62,7 +61,7 @@ class PeerDataset(Dataset):
         return self.weak(img), int(self.labels[i])
 
 
-def _rate(one, device: torch.device, batches: int) -> dict[str, float]:  # noqa: ANN001
+def _rate(one, device: torch.device, batches: int) -> dict[str, float]:
     """Images/s of ``batches`` calls of ``one()`` (which returns its image count), after one
     untimed warm-up call (workers start, first batch)."""
     one()
@@ -74,7 +73,7 @@ def _rate(one, device: torch.device, batches: int) -> dict[str, float]:  # noqa:
     return {"images": n, "seconds": dt, "images_per_s": n / dt}
 
 
-def _ours(data, device: torch.device, size: int, batch: int, mu: int, workers: int,  # noqa: ANN001
+def _ours(data, device: torch.device, size: int, batch: int, mu: int, workers: int,
           batches: int) -> dict[str, float]:
     from ulfine.data import ssl_batches
     from ulfine.models import DeviceNormalizer
@@ -92,7 +91,7 @@ def _ours(data, device: torch.device, size: int, batch: int, mu: int, workers: i
     return _rate(one, device, batches)
 
 
-def _peers(data, device: torch.device, size: int, batch: int, mu: int, workers: int,  # noqa: ANN001
+def _peers(data, device: torch.device, size: int, batch: int, mu: int, workers: int,
            batches: int) -> dict[str, float]:
     lab = PeerDataset(data.labeled.images, data.labeled.labels, size, unlabeled=False)
     unl = PeerDataset(data.unlabeled.images, data.unlabeled.labels, size, unlabeled=True)

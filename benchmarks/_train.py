@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from _attention import AttentionKernelCounter
 from _common import cpu_step_peak_bytes, cuda_step_memory, interleaved, mib, sync, timed
 from naive_reference import CosineHead, NaiveViT, naive_fixmatch_step
+from torch import nn
 
 NUM_CLASSES = 10
 
@@ -67,7 +67,7 @@ def build_steps(arch: str, device: torch.device, batch: dict[str, torch.Tensor])
     """(ours, naive) on the same random weights: ulfine backbone + AdaptFormer + FixMatch method,
     and the hand-written ViT copy of that tower."""
     from ulfine.config.schema import Config, ModelConfig, PEFTConfig
-    from ulfine.methods import METHODS, MethodContext, Batch
+    from ulfine.methods import METHODS, Batch, MethodContext
     from ulfine.models import apply_finetune, build_backbone
 
     torch.manual_seed(0)

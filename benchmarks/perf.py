@@ -29,9 +29,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
-from _common import device_name, matmul_flops, mib, pick_device  # noqa: E402
+import torch
+from _common import device_name, matmul_flops, mib, pick_device
 
 TARGETS = {
     "a_speedup": {"cpu": 1.5, "cuda": 2.0},  # ulfine images/s over naive
@@ -288,6 +287,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     built: dict[str, Any] = {}
     if "a" in args.only or "d" in args.only:
         import _train as T
+
         from ulfine.models import register_archs  # noqa: F401  (tiny arch into open_clip)
 
         size = _model_size(arch)

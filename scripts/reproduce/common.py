@@ -74,7 +74,8 @@ class Grid:
         return list(dict.fromkeys(r.preset for r in self.runs))
 
 
-def base_parser(description: str, *, presets: Sequence[str], seeds: Sequence[int] = (0, 1, 2)) -> argparse.ArgumentParser:
+def base_parser(description: str, *, presets: Sequence[str],
+                seeds: Sequence[int] = (0, 1, 2)) -> argparse.ArgumentParser:
     """Options every reproduction script shares."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--presets", nargs="+", default=list(presets), help="presets (columns/sections)")

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Grid, base_parser, finish, per_preset_tables  # noqa: E402
+from common import Grid, base_parser, finish, per_preset_tables
 
 TABLE = "finetune_analysis"
 PRESETS = ["cifar10_n1500_m3000_g100_consistent", "cifar100_n150_m300_g10_consistent"]

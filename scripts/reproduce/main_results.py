@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Grid, base_parser, finish, table_rows_by_preset  # noqa: E402
+from common import Grid, base_parser, finish, table_rows_by_preset
 
 TABLE = "main_results"
 PRESETS = [

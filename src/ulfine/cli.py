@@ -17,7 +17,7 @@ from .errors import UlfineError
 
 
 # ----------------------------------------------------------------------------------- helpers
-def _console():
+def _console() -> Any:
     from rich.console import Console
 
     return Console()
@@ -192,56 +192,48 @@ def cmd_pretrain_micro(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ parser
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and docs)."""
-    from . import __version__
+FMT = argparse.RawDescriptionHelpFormatter
+Subparsers = Any  # argparse's private _SubParsersAction
 
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
-        prog="ulfine",
-        description="Foundation-model-assisted long-tailed semi-supervised learning: ULFine and "
-        "its baselines on CLIP.",
-        formatter_class=fmt,
-    )
-    parser.add_argument("--version", action="version", version=f"ulfine {__version__}")
-    parser.add_argument(
-        "--plugin", action="append", default=[], metavar="MODULE",
-        help="import MODULE (dotted name or .py file) first: it may register methods, datasets and "
-        "PEFT modules (repeatable; see docs/extending.md)",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
 
+def _add_preset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("preset", help="preset name (see `ulfine presets`) or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+
+def _add_config_commands(sub: Subparsers) -> None:
+    """``presets``, ``splits`` and ``train``: the commands that read a preset."""
     p = sub.add_parser("presets", help="list the configuration presets",
-                       description="List the presets under configs/presets/.")
+                       description="List the presets under configs/presets/ and what is registered.")
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser(
-        "splits", help="per-class labeled/unlabeled counts of a preset", formatter_class=fmt,
+        "splits", help="per-class labeled/unlabeled counts of a preset", formatter_class=FMT,
         description="Per-class labeled and unlabeled counts, head to tail. Counts need no "
         "dataset on disk; when the dataset is present the realised split is shown too.",
         epilog=_override_help(),
     )
-    p.add_argument("preset", help="preset name (see `ulfine presets`) or a YAML file")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    _add_preset_args(p)
     p.add_argument("--json", action="store_true",
                    help='print exactly {"classes": [...], "labeled": [...], "unlabeled": [...]}')
     p.add_argument("--no-data", action="store_true", help="do not look for the dataset on disk")
     p.set_defaults(func=cmd_splits)
 
     p = sub.add_parser(
-        "train", help="train a method on a preset", formatter_class=fmt,
+        "train", help="train a method on a preset", formatter_class=FMT,
         description="Train METHOD (method=...) with a fine-tuning strategy (finetune=lp|lft|fft, "
         "peft=adaptformer|vpt|lora|bitfit) on PRESET. Writes config.yaml, split.json, "
         "checkpoints, TensorBoard logs, metrics.jsonl and final_metrics.json to the run folder.",
         epilog=_override_help() + "\n" + _preset_epilog(),
     )
-    p.add_argument("preset", help="preset name (see `ulfine presets`) or a YAML file")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    _add_preset_args(p)
     p.set_defaults(func=cmd_train)
     plain_help = p.format_help
     p.format_help = lambda: plain_help() + "\n" + _registered_text()  # registries load only for help
 
+
+def _add_run_commands(sub: Subparsers) -> None:
+    """``eval``, ``demo`` and ``pretrain-micro``."""
     p = sub.add_parser("eval", help="re-evaluate a finished run",
                        description="Reload RUN_DIR's config and weights and evaluate them. "
                        "Overrides may change only where and how it runs: train.device, "
@@ -272,6 +264,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: as shipped)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_pretrain_micro)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ulfine",
+        description="Foundation-model-assisted long-tailed semi-supervised learning: ULFine and "
+        "its baselines on CLIP.",
+        formatter_class=FMT,
+    )
+    parser.add_argument("--version", action="version", version=f"ulfine {__version__}")
+    parser.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE",
+        help="import MODULE (dotted name or .py file) first: it may register methods, datasets and "
+        "PEFT modules (repeatable; see docs/extending.md)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_config_commands(sub)
+    _add_run_commands(sub)
     return parser
 
 

@@ -11,7 +11,12 @@ from datafakes import write_cifar10
 
 from ulfine.config import DataConfig
 from ulfine.data import (
-    build_ssl_data, check_split, class_counts, load_split, plan_counts, realised_counts,
+    build_ssl_data,
+    check_split,
+    class_counts,
+    load_split,
+    plan_counts,
+    realised_counts,
 )
 from ulfine.data.splits import order_unlabeled
 from ulfine.errors import DataError

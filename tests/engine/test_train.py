@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import tiny_config
 
 import ulfine.engine.assemble
-from ulfine.errors import DataError
 from ulfine.engine import evaluate_run, train
 from ulfine.engine.runtime import make_runtime
+from ulfine.errors import DataError
 from ulfine.methods import METHODS, Method, StepOutput
-
-from tiny import tiny_config
 
 FINAL_KEYS = {
     "overall_acc", "balanced_acc", "group_acc", "group_rule", "per_class_acc", "ece", "pseudo_labels",

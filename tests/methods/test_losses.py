@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
+
 from ulfine.config import load_config
 from ulfine.engine.trainer import _step_logs
 from ulfine.methods import METHODS, Batch, MethodContext
-from ulfine.models import CachedFeatures
 from ulfine.methods.losses import masked_consistency, pseudo_label, smoothed_targets
+from ulfine.models import CachedFeatures
 
 K = 3
 COUNTS = [6, 3, 1]
@@ -65,7 +66,7 @@ def test_fixmatch_la_loss_by_hand():
     m = make("fixmatch_la", "fixmatch_la.tau_la=1.0", "ssl.tau=0.7")
     out = m.training_step(batch())
     lp = [math.log(c / sum(COUNTS)) for c in COUNTS]
-    adj = lambda z: [v + p for v, p in zip(z, lp)]  # noqa: E731
+    adj = lambda z: [v + p for v, p in zip(z, lp)]
     l_s = (ce(adj([2, 0, 0]), 0) + ce(adj([0, 1, 0]), 2)) / 2
     # pseudo-labels come from the raw (balanced) logits: [3,0,0] -> class 0, confident
     l_u = ce(adj([1, 2, 0]), 0) / 2
@@ -78,7 +79,7 @@ def test_finessl_loss_by_hand():
     m = make("finessl", "finessl.margin_scale=0.5", "finessl.label_smoothing=0.3", "ssl.tau=0.7")
     out = m.training_step(batch())
     lp = [0.5 * math.log(c / sum(COUNTS)) for c in COUNTS]
-    adj = lambda z: [v + p for v, p in zip(z, lp)]  # noqa: E731
+    adj = lambda z: [v + p for v, p in zip(z, lp)]
     l_s = (ce(adj([2, 0, 0]), 0) + ce(adj([0, 1, 0]), 2)) / 2
     t = [0.7 + 0.1, 0.1, 0.1]  # (1 - eps) onehot(0) + eps / K
     z = adj([1, 2, 0])

@@ -21,7 +21,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from test_ulfine_method import _batch, _method  # noqa: PLC0415  (tests/methods on sys.path)
+        from test_ulfine_method import _batch, _method
 
         from ulfine.engine.runtime import TorchCollectives
         from ulfine.methods import Batch

@@ -12,14 +12,14 @@ from ulfine.methods.ulfine.dlf import class_prior, fused_logits
 from ulfine.methods.ulfine.paf import (
     NO_PSEUDO_LABEL,
     angles_degrees,
+    class_feature_sums,
+    ema_visual_prototypes,
     fitting_momentum,
     momentum_fit,
     orthogonality_loss,
     prototype_logits,
     pseudo_label_distribution,
     update_pseudo_label_memory,
-    ema_visual_prototypes,
-    class_feature_sums,
 )
 
 

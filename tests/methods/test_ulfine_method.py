@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ulfine.config import load_config
-from ulfine.methods import METHODS, MethodContext, Batch
+from ulfine.methods import METHODS, Batch, MethodContext
 from ulfine.methods.losses import cross_entropy, masked_consistency, pseudo_label
 from ulfine.methods.ulfine import ULFine, dlf, paf
 
@@ -107,7 +107,7 @@ def test_full_loss_is_the_sum_of_branch_terms():
     out = m.training_step(batch)
     f = m.backbone.encode_image
     f_l, f_w, f_s = f(batch.x_l), f(batch.u_w), f(batch.u_s)
-    zt = lambda x: paf.prototype_logits(x, m.prototypes, 10.0)  # noqa: E731
+    zt = lambda x: paf.prototype_logits(x, m.prototypes, 10.0)
     zl = m.linear_head
     prior = torch.tensor([0.6, 0.3, 0.1])
     fused_w = dlf.fused_logits(zl(f_w), zt(f_w), prior, 0.7, 2.0)

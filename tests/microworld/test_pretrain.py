@@ -27,7 +27,7 @@ def test_short_pretraining_lowers_the_contrastive_loss(tmp_path: Path) -> None:
     torch.set_num_threads(2)
     before = _fixed_batch_loss(build_micro_clip(seed=0))
     out = tmp_path / "w.safetensors"
-    result = pretrain(out, steps=15, batch_size=32, seed=0, lr=1e-3, eval_per_class=0, progress=False)
+    pretrain(out, steps=15, batch_size=32, seed=0, lr=1e-3, eval_per_class=0, progress=False)
     after_model = build_micro_clip(seed=0)
     state = load_file(str(out))
     after_model.load_state_dict({k: v.float() for k, v in state.items()})

@@ -6,12 +6,10 @@ import copy
 
 import pytest
 import torch
+from modelfakes import IMAGE
 
 from ulfine.config.schema import ModelConfig
 from ulfine.models import build_backbone
-
-from modelfakes import IMAGE
-
 
 _BUILT: dict[int, object] = {}
 

@@ -9,14 +9,13 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from modelfakes import EMBED, IMAGE
 from safetensors.torch import save_file
 
 from ulfine.config.schema import ModelConfig
 from ulfine.errors import ConfigError, WeightsError
 from ulfine.models import MICRO_ARCH, build_backbone, resolve_weights
 from ulfine.models import weights as weights_mod
-
-from modelfakes import EMBED, IMAGE
 
 
 def test_micro_arch_registered_with_the_specified_dims(make_tiny):

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from modelfakes import EMBED, LAYERS, MLP, PATCH, TOKENS, WIDTH
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 from torch.nn.utils import parametrize
@@ -16,8 +17,6 @@ from ulfine.errors import ConfigError
 from ulfine.models import PEFT_MODULES, LinearHead, apply_finetune, build_backbone
 from ulfine.models.peft.adaptformer import AdaptFormerMLP
 from ulfine.models.peft.lora import LoRAWeight
-
-from modelfakes import EMBED, LAYERS, MLP, PATCH, TOKENS, WIDTH
 
 W, L = WIDTH, LAYERS
 # hand-computed parameter counts of ulfine-micro-vit's image tower

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from modelfakes import EMBED
 
-from ulfine.methods import METHODS, MethodContext, MethodOptions
 from ulfine.config import SSLConfig
+from ulfine.methods import METHODS, MethodContext, MethodOptions
 from ulfine.models import LinearHead, PrototypeHead, text_prototypes
 from ulfine.models.text import prototype_cache_key
-
-from modelfakes import EMBED
 
 CLASSES = ["air_plane", "cat", "sea_turtle"]
 TEMPLATES = ["a photo of a {}.", "a drawing of the {}.", "{}"]

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ulfine.data import ImageSet, eval_batches
-from ulfine.models import DeviceNormalizer
 from ulfine.features import cached_features, feature_cache_key, weights_fingerprint
+from ulfine.models import DeviceNormalizer
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -40,12 +40,13 @@ def images() -> ImageSet:
     return ImageSet(rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8), np.arange(10))
 
 
-def image_batches(images: ImageSet, batch_size: int):  # noqa: ANN201
+def image_batches(images: ImageSet, batch_size: int):
     """The host batches the engine hands the feature cache (uint8 (B, 3, h, w), index order)."""
     return lambda: (x for x, _, _ in eval_batches(images, batch_size))
 
 
-def key_for(tower: nn.Module, normalizer: nn.Module, indices=np.arange(10)) -> dict:  # noqa: ANN001
+def key_for(tower: nn.Module, normalizer: nn.Module, indices=None) -> dict:
+    indices = np.arange(10) if indices is None else indices
     return feature_cache_key(tower, arch="toy", dataset="toy", role="labeled", indices=indices,
                              preprocess=normalizer)
 

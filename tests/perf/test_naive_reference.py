@@ -4,14 +4,14 @@ and the attention-kernel counter tells the fused path (ulfine, every mode) from 
 from __future__ import annotations
 
 import torch
-
 from _attention import AttentionKernelCounter
 from naive_reference import NaiveViT
+
 from ulfine.config.schema import ModelConfig, PEFTConfig
 from ulfine.models import apply_finetune, build_backbone
 
 
-def _backbone(finetune: str | None = None):  # noqa: ANN202
+def _backbone(finetune: str | None = None):
     torch.manual_seed(0)
     bb = build_backbone(ModelConfig(arch="ulfine-micro-vit", pretrained="none", text_cache_dir=None))
     if finetune:

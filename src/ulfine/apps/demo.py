@@ -72,7 +72,7 @@ def _print_table(rows: Sequence[Row], title: str) -> None:
     for col in ("overall", "head", "medium", "tail", "tail PL prec.", "train s"):
         table.add_column(col, justify="right")
     for r in rows:
-        pct = lambda v: "-" if v != v else f"{100 * v:.1f}"  # noqa: E731 - NaN-safe percent
+        pct = lambda v: "-" if v != v else f"{100 * v:.1f}"
         table.add_row(r.label, pct(r.overall), pct(r.head), pct(r.medium), pct(r.tail),
                       pct(r.tail_pl_precision), f"{r.train_seconds:.0f}")
     Console().print(table)

@@ -12,8 +12,8 @@ from . import sources  # noqa: F401  (registers the datasets)
 from .base import DATASETS, UNKNOWN_LABEL, DatasetSpec, ImageSet, SourceData, StoredArray
 from .loaders import eval_batches, ssl_batches
 from .splits import (
-    SSLData,
     SplitPlan,
+    SSLData,
     build_ssl_data,
     check_split,
     class_counts,

@@ -220,7 +220,7 @@ def draw_indices(cfg: DataConfig, source: SourceData, seed: int) -> dict[str, Ro
             val.append(order[len(order) - v:])
         lab.append(order[:n_l])
         unl.append(order[:n_l + n_u] if cfg.labeled_in_unlabeled else order[n_l:n_l + n_u])
-    cat = lambda parts: np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
+    cat = lambda parts: np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
     roles = {"labeled": RoleIndices("train", cat(lab))}
     if use_natural:
         roles["unlabeled"] = RoleIndices("natural", np.arange(len(source.unlabeled), dtype=np.int64))  # type: ignore[arg-type]

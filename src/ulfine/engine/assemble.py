@@ -108,7 +108,8 @@ def assemble_run(cfg: Config, rt: Runtime, run_dir: Path | None = None) -> RunPa
     check_unlabeled(cfg, data)
     device = rt.device
     backbone = build_backbone(cfg.model, device=device)
-    summary = apply_finetune(backbone, cfg.finetune, cfg.peft, cfg.peft_options)
+    peft_opts = cfg.options_for(cfg.peft) or cfg.peft_options  # a plugin PEFT module's own section
+    summary = apply_finetune(backbone, cfg.finetune, cfg.peft, peft_opts)
     backbone.to(device)
     with torch.no_grad():
         prototypes = text_prototypes(

@@ -15,7 +15,6 @@ import torch
 
 from ..config import EvalConfig
 
-
 GROUPS = ("head", "medium", "tail")
 
 

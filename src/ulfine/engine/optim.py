@@ -1,14 +1,13 @@
-"""Optimiser over the trainable parameters only, and the per-step learning-rate schedule."""
+"""Optimiser over the trainable parameters only, and the per-step learning-rate schedule
+(:func:`ulfine.schedule.lr_factor`)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
 from ..config import OptimConfig
-
+from ..schedule import lr_factor
 
 NO_DECAY_KEYWORDS = ("prompt", "token", "pos_embed", "positional_embedding", "norm", "ln_")
 
@@ -40,17 +39,6 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=False)
     return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    """Multiplier of the base lr at optimiser step ``step``: linear warm-up then cosine/constant."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def build_scheduler(

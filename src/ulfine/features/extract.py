@@ -40,6 +40,38 @@ def _autocast_state(device: torch.device) -> str | None:
     return None
 
 
+def _extract(backbone: nn.Module, batches: Iterable[torch.Tensor], num_images: int, normalizer: nn.Module,
+             device: torch.device, path: Path, sidecar: Path, full_key: Any) -> bool:
+    """Run the tower over ``batches`` into a new cache entry, committed atomically (a failure
+    leaves no entry behind); False when there were no images."""
+    t0 = time.perf_counter()
+    was_training = backbone.training
+    backbone.eval()
+    writer = tmp = None
+    row = 0
+    try:
+        for batch in batches:
+            feats = _encode(backbone, normalizer, batch, device).cpu().numpy()
+            if writer is None:
+                writer, tmp = store.open_writer(path, (num_images, feats.shape[1]))
+            writer[row : row + len(feats)] = feats
+            row += len(feats)
+        if writer is None:  # no images: nothing to cache
+            return False
+        meta = {"key": full_key, "shape": list(writer.shape), "dtype": "float32",
+                "seconds": round(time.perf_counter() - t0, 3)}
+        store.commit(writer, tmp, path, sidecar, meta)
+        writer = None
+    except BaseException:
+        if tmp is not None:
+            del writer
+            store.discard(tmp)
+        raise
+    finally:
+        backbone.train(was_training)
+    return True
+
+
 #: host uint8 (B, 3, h, w) image batches of a set, in index order (called only on a cache miss)
 ImageBatches = Callable[[], Iterable[torch.Tensor]]
 
@@ -82,30 +114,8 @@ def cached_features(
         return torch.from_numpy(hit)
 
     t0 = time.perf_counter()
-    was_training = backbone.training
-    backbone.eval()
-    writer = tmp = None
-    row = 0
-    try:
-        for batch in batches():
-            feats = _encode(backbone, normalizer, batch, device).cpu().numpy()
-            if writer is None:
-                writer, tmp = store.open_writer(path, (num_images, feats.shape[1]))
-            writer[row : row + len(feats)] = feats
-            row += len(feats)
-        if writer is None:  # no images: nothing to cache
-            return torch.empty(0, 0)
-        meta = {"key": full_key, "shape": list(writer.shape), "dtype": "float32",
-                "seconds": round(time.perf_counter() - t0, 3)}
-        store.commit(writer, tmp, path, sidecar, meta)
-        writer = None
-    except BaseException:
-        if tmp is not None:
-            del writer
-            store.discard(tmp)
-        raise
-    finally:
-        backbone.train(was_training)
+    if not _extract(backbone, batches(), num_images, normalizer, device, path, sidecar, full_key):
+        return torch.empty(0, 0)
     log.info("feature cache miss: wrote %s in %.1fs", path, time.perf_counter() - t0)
     arr = store.read_entry(path, sidecar, full_key, rows=num_images)
     assert arr is not None, f"feature cache entry {path} unreadable right after writing"

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from ..errors import ConfigError
 from ..models.archs import MICRO_ARCH, register_archs
 from ..models.preprocess import DeviceNormalizer
+from ..schedule import lr_factor
 from .task import CLASS_NAMES, NUM_CLASSES, TEST_PER_CLASS, held_out_classes, task_arrays
 from .world import sample_pretrain_batch
 from .zeroshot import as_uint8_nchw, micro_normalizer, per_class_accuracy, zero_shot_predict
@@ -72,16 +73,6 @@ def build_micro_clip(seed: int = 0) -> torch.nn.Module:
     register_archs()
     torch.manual_seed(seed)
     return open_clip.create_model(MICRO_ARCH, pretrained=None, output_dict=True)
-
-
-# Pretraining's own learning-rate schedule (linear warm-up, then cosine to 0). It matches
-# ulfine.engine.optim.lr_factor(step, steps, warmup, "cosine") * lr; kept apart until the two
-# schedules are merged into one.
-def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return 0.5 * lr * (1.0 + math.cos(math.pi * t))
 
 
 def contrastive_step_loss(
@@ -158,7 +149,7 @@ def _train_contrastive(
     tokenizer = open_clip.get_tokenizer(MICRO_ARCH)
     normalizer = micro_normalizer()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98), eps=1e-6)
-    batch_seed = lambda i: seed * 1_000_003 + i  # noqa: E731 - one seeded batch per step
+    batch_seed = lambda i: seed * 1_000_003 + i
     losses: list[float] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(sample_pretrain_batch, batch_seed(0), batch_size)
@@ -168,7 +159,7 @@ def _train_contrastive(
             if step + 1 < steps:
                 pending = pool.submit(sample_pretrain_batch, batch_seed(step + 1), batch_size)
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, steps, lr, warmup)
+                group["lr"] = lr * lr_factor(step, steps, warmup)
             loss = contrastive_step_loss(model, tokenizer, images, captions, normalizer)
             opt.zero_grad(set_to_none=True)
             loss.backward()

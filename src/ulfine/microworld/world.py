@@ -253,7 +253,7 @@ def render(attrs: Attributes, style: Style = PRETRAIN_STYLE, supersample: int = 
     u, v = ca * dx + sa * dy, -sa * dx + ca * dy
     mask = _shape_masks(u, v, attrs.shape)
     shade = _texture(u, v, attrs.texture, g.standard_normal((n, size, size), dtype=f32))
-    pool = lambda a: a.reshape(n, IMAGE_SIZE, s, IMAGE_SIZE, s).mean(axis=(2, 4))  # noqa: E731
+    pool = lambda a: a.reshape(n, IMAGE_SIZE, s, IMAGE_SIZE, s).mean(axis=(2, 4))
     alpha = pool(mask.astype(f32))[..., None]
     lum = pool(np.where(mask, shade, 0.0).astype(f32))[..., None]
     base = np.array([COLOURS[COLOUR_NAMES[k]] for k in attrs.colour], dtype=f32).reshape(n, 3)

@@ -8,8 +8,8 @@ from .archs import MICRO_ARCH, register_archs
 from .backbone import CachedFeatures, CLIPBackbone, PreprocessConfig, build_backbone
 from .finetune import FINETUNE_MODES, ParamSummary, apply_finetune, count_parameters
 from .heads import LinearHead, PrototypeHead, cosine_logits
-from .preprocess import DeviceNormalizer, normalizer_for
 from .peft import PEFT_MODULES
+from .preprocess import DeviceNormalizer, normalizer_for
 from .text import text_prototypes
 from .weights import MICRO_WEIGHTS, WeightSource, resolve_weights
 

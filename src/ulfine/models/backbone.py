@@ -39,7 +39,8 @@ class PreprocessConfig:
         size = cfg["size"]
         if isinstance(size, (tuple, list)):
             size = int(size[0]) if size[0] == size[1] else (int(size[0]), int(size[1]))
-        return cls(int(size) if isinstance(size, int) else size, tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"))
+        return cls(int(size) if isinstance(size, int) else size,
+                   tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"))
 
 
 class CLIPBackbone(nn.Module):
@@ -171,7 +172,7 @@ def _embed_dim(clip: nn.Module) -> int:
     proj = getattr(clip, "text_projection", None)
     if isinstance(proj, torch.Tensor):
         return int(proj.shape[-1])
-    return int(getattr(proj, "out_features"))
+    return int(proj.out_features)
 
 
 class CachedFeatures(nn.Module):

@@ -36,7 +36,8 @@ def _weights_identity(backbone: CLIPBackbone) -> str:
 def prototype_cache_key(backbone: CLIPBackbone, class_names: Sequence[str], templates: Sequence[str]) -> str:
     """Hash of everything the prototypes depend on: arch, weights, class names, templates."""
     blob = json.dumps(
-        {"arch": backbone.arch, "weights": _weights_identity(backbone), "classes": list(class_names), "templates": list(templates)},
+        {"arch": backbone.arch, "weights": _weights_identity(backbone), "classes": list(class_names),
+         "templates": list(templates)},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -67,6 +68,7 @@ def text_prototypes(
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"prototypes": protos.detach().cpu().contiguous()}, str(tmp), metadata={"arch": backbone.arch, "classes": json.dumps(list(class_names))})
+        meta = {"arch": backbone.arch, "classes": json.dumps(list(class_names))}
+        save_file({"prototypes": protos.detach().cpu().contiguous()}, str(tmp), metadata=meta)
         os.replace(tmp, path)
     return protos.to(device)

@@ -121,7 +121,7 @@ def _resolve_tag(arch: str, tag: str, tag_cfg: dict[str, Any], cache_dir: Path |
             raise WeightsError(f"{head} and {host} cannot be reached; {LOCAL_FILE_HINT}")
         try:
             path = download_pretrained(tag_cfg, cache_dir=str(cache_dir) if cache_dir else None)
-        except Exception as e:  # noqa: BLE001 - any download failure is one user-facing error
+        except Exception as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise WeightsError(f"{head} and the download failed ({first}); {LOCAL_FILE_HINT}") from e
         if not path:

@@ -48,7 +48,7 @@ def read_batch(path: Path, label_key: str, dataset: str) -> tuple[np.ndarray, np
     if not path.is_file():
         raise missing(dataset, f"batch {path.name}", [path.parent],
                       "run with data.download=true on a connected machine, or place the "
-                      f"extracted python version there (see docs/datasets.md)")
+                      "extracted python version there (see docs/datasets.md)")
     try:
         with path.open("rb") as fh:
             entry = pickle.load(fh, encoding="latin1")

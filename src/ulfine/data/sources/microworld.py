@@ -15,7 +15,7 @@ from ...microworld.world import IMAGE_SIZE
 from ..base import DATASETS, DatasetSpec, ImageSet, SourceData
 
 
-def read_microworld(cfg: DataConfig) -> SourceData:  # noqa: ARG001 - nothing to read from disk
+def read_microworld(cfg: DataConfig) -> SourceData:
     """The micro-world task: a 300-per-class train pool and a balanced 100-per-class test set."""
     x_train, y_train, x_test, y_test = task_arrays(TRAIN_PER_CLASS, TEST_PER_CLASS)
     return SourceData(

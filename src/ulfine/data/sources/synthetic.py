@@ -55,7 +55,7 @@ def _arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x_train, y_train, x_test, y_test
 
 
-def read_synthetic10(cfg: DataConfig) -> SourceData:  # noqa: ARG001 - nothing to read
+def read_synthetic10(cfg: DataConfig) -> SourceData:
     """The toy dataset (identical for every call and machine)."""
     x_train, y_train, x_test, y_test = _arrays()
     return SourceData("synthetic10", list(SYNTHETIC_CLASSES), ImageSet(x_train, y_train),
