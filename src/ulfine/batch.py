@@ -24,6 +24,9 @@ class Batch:
 
     ``x_l``/``u_w``/``u_s`` are uint8 (B, 3, h, w) images on the host, normalised float images
     on the device after :meth:`to`, or (B, D) features of a frozen tower (feature mode).
+    With ``data.augment_on=device`` the host batch carries the raw images (``x_l`` unaugmented,
+    ``u_w`` the unlabeled image, ``u_s`` None) until :class:`ulfine.data.device_augment.DeviceAugmenter`
+    makes the views on the device.
     ``idx_u`` are indices into the unlabeled set (for per-sample memories such as PAF's P_u);
     ``step`` is the optimiser step the batch belongs to.
     """
@@ -41,7 +44,7 @@ class Batch:
 
     @property
     def num_unlabeled(self) -> int:
-        return 0 if self.u_s is None else int(self.u_s.shape[0])
+        return 0 if self.u_w is None else int(self.u_w.shape[0])
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)
@@ -59,12 +62,13 @@ class Batch:
         moved: dict[str, torch.Tensor] = {}
         for name, t in self._tensors().items():
             t = t.to(device, non_blocking=True)
-            if name in IMAGE_FIELDS and normalize is not None:
-                t = normalize(t)
-            elif name not in IMAGE_FIELDS:
-                t = t.long()
-            moved[name] = t
-        return replace(self, **moved)
+            moved[name] = t if name in IMAGE_FIELDS else t.long()
+        batch = replace(self, **moved)
+        return batch if normalize is None else batch.map_images(normalize)
+
+    def map_images(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        """The batch with ``fn`` applied to each image field (normalisation, augmentation)."""
+        return replace(self, **{k: fn(getattr(self, k)) for k in IMAGE_FIELDS if getattr(self, k) is not None})
 
     def split(self, n: int) -> list[Batch]:
         """``n`` micro-batches of (nearly) equal size, every field cut alike (grad accumulation)."""

@@ -75,6 +75,11 @@ class DataConfig(Section):
         None, ge=8, description="native size images are stored/augmented at (file datasets)"
     )
     num_workers: int = Field(2, ge=0, description="data-loader worker processes")
+    augment_on: Literal["auto", "host", "device"] = Field(
+        "auto",
+        description="where the weak/strong views are made: host (loader workers), device (batched on "
+        "the training device, same samples), auto = device on CUDA, host otherwise",
+    )
     augment: bool = Field(
         True,
         description="augment labeled images (weak view); false lets frozen-tower runs (LP "

@@ -73,8 +73,8 @@ class _StepSampler:
     def __init__(self, n_l: int, n_u: int, batch_size: int, mu: int, seed: int, start_step: int,
                  rank: int, world_size: int) -> None:
         self.b, self.ub = batch_size, mu * batch_size if n_u else 0
-        self.lo_l, self.hi_l = _rank_range(self.b, rank, world_size, "batch_size")
-        self.lo_u, self.hi_u = _rank_range(self.ub, rank, world_size, "mu x batch_size")
+        self.lo_l, self.hi_l = rank_range(self.b, rank, world_size, "batch_size")
+        self.lo_u, self.hi_u = rank_range(self.ub, rank, world_size, "mu x batch_size")
         self.stream_l = IndexStream(n_l, seed, LABELED)
         self.stream_u = IndexStream(n_u, seed, UNLABELED) if n_u else None
         self.start_step = start_step
@@ -92,7 +92,8 @@ class _StepSampler:
             step += 1
 
 
-def _rank_range(total: int, rank: int, world_size: int, what: str) -> tuple[int, int]:
+def rank_range(total: int, rank: int, world_size: int, what: str) -> tuple[int, int]:
+    """[lo, hi): this rank's contiguous share of a global batch of ``total`` positions."""
     if not 0 <= rank < world_size:
         raise ConfigError(f"rank {rank} is outside world_size {world_size}")
     if total % world_size:
@@ -124,15 +125,19 @@ class _SSLDataset(Dataset):
     """Turns a request into an augmented sample, with randomness seeded by the request."""
 
     def __init__(self, labeled: ImageSet, unlabeled: ImageSet | None, views: Views, seed: int,
-                 augment: bool) -> None:
+                 augment: bool, raw: bool = False) -> None:
         self.labeled, self.unlabeled, self.views = labeled, unlabeled, views
-        self.seed, self.augment = seed, augment
+        self.seed, self.augment, self.raw = seed, augment, raw
 
     def __len__(self) -> int:
         return len(self.labeled)
 
     def __getitem__(self, req: tuple[int, int, int, int]):  # noqa: ANN204
         role, step, pos, index = req
+        if self.raw:  # the device makes the views (data.augment_on=device)
+            images = self.labeled if role == LABELED else self.unlabeled
+            label = int(images.labels[index]) if role == LABELED else None
+            return role, _to_chw(images.load(index)), label, index
         with torch.random.fork_rng(devices=[]), _single_thread():
             # CPU generator only: torch.manual_seed also queues a CUDA seeding with a traceback
             torch.default_generator.manual_seed(sample_seed(self.seed, role, step, pos))
@@ -153,7 +158,7 @@ def _collate(items: list) -> Batch:
     y_l = torch.tensor([it[2] for it in lab], dtype=torch.int64)
     if unl:
         u_w = torch.stack([it[1] for it in unl])
-        u_s = torch.stack([it[2] for it in unl])
+        u_s = torch.stack([it[2] for it in unl]) if unl[0][2] is not None else None
         idx_u = torch.tensor([it[3] for it in unl], dtype=torch.int64)
     else:
         u_w = u_s = idx_u = None
@@ -180,12 +185,14 @@ def _loader(dataset: Dataset, batch_sampler, num_workers: int, collate,  # noqa:
 
 def ssl_batches(data: SSLData, batch_size: int, mu: int, seed: int, start_step: int = 0,
                 num_workers: int = 0, rank: int = 0, world_size: int = 1, unlabeled: bool = True,
-                augment: bool = True) -> Iterator[Batch]:
+                augment: bool = True, raw: bool = False) -> Iterator[Batch]:
     """Endless training batches from ``start_step`` on; ``batch_size`` is global (all ranks).
 
     Each yield is this rank's slice: batch_size/world_size labeled images and, when
     ``unlabeled`` and the data has an unlabeled set, mu*batch_size/world_size unlabeled images
     (weak and strong views of the same image, plus its index into ``data.unlabeled``).
+    With ``raw`` the images come unaugmented (``u_w`` the unlabeled image, ``u_s`` None) for
+    :class:`~ulfine.data.device_augment.DeviceAugmenter` to make the same views on the device.
     """
     if batch_size < 1 or mu < 1 or start_step < 0:
         raise ConfigError("batch_size and mu must be >= 1 and start_step >= 0")
@@ -193,7 +200,7 @@ def ssl_batches(data: SSLData, batch_size: int, mu: int, seed: int, start_step: 
     views = build_views(data.native_size)
     sampler = _StepSampler(len(data.labeled), len(unl) if unl is not None else 0, batch_size, mu,
                            seed, start_step, rank, world_size)
-    dataset = _SSLDataset(data.labeled, unl, views, seed, augment)
+    dataset = _SSLDataset(data.labeled, unl, views, seed, augment, raw)
     step = start_step
     for batch in _loader(dataset, sampler, num_workers, _collate, True):
         batch.step = step

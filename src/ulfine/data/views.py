@@ -35,7 +35,10 @@ def weak_view(size: int) -> Transform:
     ])
 
 
-def strong_view(size: int, num_ops: int = 2, magnitude: int = 10) -> Transform:
+STRONG_NUM_OPS, STRONG_MAGNITUDE = 2, 10  # FixMatch's RandAugment(n=2, m=10) [B]
+
+
+def strong_view(size: int, num_ops: int = STRONG_NUM_OPS, magnitude: int = STRONG_MAGNITUDE) -> Transform:
     """Weak view followed by RandAugment(num_ops, magnitude) (FixMatch's strong view)."""
     return v2.Compose([weak_view(size), v2.RandAugment(num_ops=num_ops, magnitude=magnitude)])
 

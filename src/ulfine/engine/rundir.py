@@ -12,7 +12,8 @@ from .runtime import Runtime
 
 #: keys that may differ between an interrupted run and its resumption
 RESUMABLE_CHANGES = {"resume", "train.max_steps", "train.progress", "train.log_every",
-                     "train.checkpoint_every", "data.num_workers", "data.root", "output_dir"}
+                     "train.checkpoint_every", "data.num_workers", "data.root", "data.augment_on",
+                     "output_dir"}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

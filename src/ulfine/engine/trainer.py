@@ -29,6 +29,7 @@ from torch import nn
 from ..batch import Batch
 from ..config import Config
 from ..data import ssl_batches
+from ..data.device_augment import DeviceAugmenter
 from ..errors import ConfigError
 from ..methods import METHODS, Method, StepOutput
 from .assemble import RunParts, assemble_run, trainable_parameter_count
@@ -75,6 +76,20 @@ def _step_logs(loss: torch.Tensor, out: StepOutput) -> dict[str, torch.Tensor | 
     return logs
 
 
+#: above this fraction of step time spent waiting for data, the run says how to fix it
+DATA_WAIT_HINT = 0.10
+
+
+def device_utilization(device: torch.device) -> float | None:
+    """The accelerator's utilisation in % (NVML through torch), None where it cannot be read."""
+    if device.type != "cuda":
+        return None
+    try:
+        return float(torch.cuda.utilization(device))
+    except (ModuleNotFoundError, RuntimeError):  # pynvml missing or NVML unavailable
+        return None
+
+
 def _cost(seen: dict[str, int], train_seconds: float, device: torch.device) -> dict[str, Any]:
     """Training cost figures: images per second of optimiser steps, and peak accelerator memory."""
     images = sum(seen.values())
@@ -102,6 +117,17 @@ class Trainer:
         self.last_entry: dict[str, Any] | None = None
         self.sets = build_eval_sets(parts, rt)
         self.reporter: Reporter | None = None
+        self.augmenter = self._augmenter()
+        self.waited = {"data_s": 0.0, "step_s": 0.0}  # where this invocation's time went
+
+    def _augmenter(self) -> DeviceAugmenter | None:
+        """The batched device views when ``data.augment_on`` asks for them (auto: on CUDA)."""
+        cfg, rt = self.cfg, self.rt
+        on = cfg.data.augment_on
+        if self.parts.feature_mode or on == "host" or (on == "auto" and rt.device.type != "cuda"):
+            return None
+        return DeviceAugmenter(cfg.seed, cfg.train.batch_size, cfg.ssl.mu, rt.rank, rt.world_size,
+                               augment_labeled=cfg.data.augment)
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare_training(self) -> None:
@@ -137,8 +163,12 @@ class Trainer:
     def step(self, host: Batch, window: dict[str, list[torch.Tensor | float]]) -> int:
         """One optimiser step over ``host`` (this rank's slice); returns the images it used."""
         rt, cfg = self.rt, self.cfg
-        normalize = None if self.parts.feature_mode else self.parts.normalizer
-        micro = host.to(rt.device, normalize).split(cfg.optim.grad_accum)
+        batch = host.to(rt.device)
+        if self.augmenter is not None:
+            batch = self.augmenter(batch)
+        if not self.parts.feature_mode:
+            batch = batch.map_images(self.parts.normalizer)
+        micro = batch.split(cfg.optim.grad_accum)
         for i, batch in enumerate(micro):
             self.seen["labeled"] += batch.num_labeled
             self.seen["unlabeled"] += batch.num_unlabeled
@@ -170,7 +200,7 @@ class Trainer:
         return ssl_batches(parts.data, cfg.train.batch_size, cfg.ssl.mu, cfg.seed,
                            start_step=self.state.step, num_workers=cfg.data.num_workers, rank=rt.rank,
                            world_size=rt.world_size, unlabeled=self.method.uses_unlabeled,
-                           augment=cfg.data.augment)
+                           augment=cfg.data.augment, raw=self.augmenter is not None)
 
     # -- evaluation and checkpoints -----------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -207,29 +237,56 @@ class Trainer:
         self.method.train()
         stream = self.batches() if self.state.step < self.stop else iter(())
         window: dict[str, list[torch.Tensor | float]] = defaultdict(list)
-        window_images, t_window = 0, time.perf_counter()
+        window_images, window_wait, t_window = 0, 0.0, time.perf_counter()
         while self.state.step < self.stop:
             t0 = time.perf_counter()
-            window_images += self.step(next(stream), window)
-            self.state.train_seconds += time.perf_counter() - t0
+            host = next(stream)
+            wait = time.perf_counter() - t0
+            window_images += self.step(host, window)
+            step_s = time.perf_counter() - t0
+            self.state.train_seconds += step_s
+            window_wait += wait
+            self.waited["data_s"] += wait
+            self.waited["step_s"] += step_s
             if self.state.step % self.cfg.train.log_every == 0 or self.state.step == self.stop:
-                self.log_window(window, window_images, time.perf_counter() - t_window)
+                self.log_window(window, window_images, window_wait, time.perf_counter() - t_window)
                 window.clear()
-                window_images, t_window = 0, time.perf_counter()
+                window_images, window_wait, t_window = 0, 0.0, time.perf_counter()
             self.reporter.progress(1, {})
             if self.state.step % self.cfg.train.steps_per_epoch == 0:
                 self.end_of_epoch()
         self.checkpoint()  # the resumable state at the stop point (history: scheduled evals only)
 
-    def log_window(self, window: dict[str, list[torch.Tensor | float]], images: int, seconds: float) -> None:
-        """Means of the window's scalars (one device sync), lr and images/s to TensorBoard and the bar."""
+    def log_window(self, window: dict[str, list[torch.Tensor | float]], images: int, waited: float,
+                   seconds: float) -> None:
+        """Means of the window's scalars (one device sync per window), lr, images/s, the fraction
+        of the time spent waiting for data and the device's utilisation, to train.log,
+        TensorBoard and the bar."""
         logs = {k: sum(float(x) for x in v) / len(v) for k, v in window.items()}
         logs["lr"] = self.scheduler.get_last_lr()[0]
-        logs["images_per_s"] = images / max(1e-9, seconds)
+        seconds = max(1e-9, seconds)
+        logs["images_per_s"] = images / seconds
+        logs["data_wait_fraction"] = waited / seconds
+        util = device_utilization(self.rt.device)
+        if util is not None:
+            logs["device_utilization"] = util
         self.reporter.scalars("train", logs, self.state.step)
         self.reporter.progress(0, {"loss": f"{logs['loss']:.3f}", "acc": f"{logs.get('acc_l', float('nan')):.3f}",
                                    "img/s": f"{logs['images_per_s']:.0f}"})
+        log.info("step %d: %.1f images/s, waiting for data %.0f%% of the time%s", self.state.step,
+                 logs["images_per_s"], 100 * logs["data_wait_fraction"],
+                 "" if util is None else f", device utilisation {util:.0f}%")
         log.debug("step %d %s", self.state.step, logs)
+
+    def waiting_hint(self) -> str | None:
+        """One line when this run waited for data more than 10% of its step time."""
+        total = self.waited["step_s"]
+        if total <= 0 or self.waited["data_s"] / total <= DATA_WAIT_HINT:
+            return None
+        where = ("raise data.num_workers" if self.augmenter is not None else
+                 "set data.augment_on=device (batched views on the training device) or raise data.num_workers")
+        return (f"the loop waited for data {100 * self.waited['data_s'] / total:.0f}% of its step time "
+                f"(data.num_workers={self.cfg.data.num_workers}); {where}")
 
     def end_of_epoch(self) -> None:
         """Scheduled evaluation and checkpoint at an epoch boundary."""
@@ -274,6 +331,11 @@ class Trainer:
     def finish(self) -> Path:
         """Final evaluation, weights (+ EMA) and final_metrics.json; the summary table."""
         final = self.final_metrics()
+        final["cost"]["data_wait_fraction"] = (self.waited["data_s"] / self.waited["step_s"]
+                                               if self.waited["step_s"] > 0 else None)
+        hint = self.waiting_hint()
+        if hint is not None and self.rt.is_main:
+            log.warning(hint)
         if self.rt.is_main:
             save_weights(self.method, self.run_dir / "weights.safetensors")
             if self.ema is not None:

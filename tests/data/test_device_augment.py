@@ -1,0 +1,86 @@
+"""Views made on the device (data.augment_on=device) are the host path's views: same draws from the
+same (seed, step, position) streams, torchvision's ops, per-sample grouping done right."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from ulfine.config import DataConfig
+from ulfine.data import build_ssl_data, ssl_batches
+from ulfine.data.device_augment import OPS, DeviceAugmenter, ViewParams, draw_params, randaugment, weak_views
+
+
+@pytest.fixture(scope="module")
+def data():
+    cfg = DataConfig(dataset="synthetic10", num_labeled_head=20, num_unlabeled_head=40, imbalance_labeled=2,
+                     imbalance_unlabeled=2, num_workers=0)
+    return build_ssl_data(cfg, 0)
+
+
+@pytest.mark.parametrize("world,rank", [(1, 0), (2, 1)])
+def test_device_views_equal_the_host_views(data, world, rank):
+    host = ssl_batches(data, 8, 2, seed=3, start_step=5, rank=rank, world_size=world)
+    raw = ssl_batches(data, 8, 2, seed=3, start_step=5, rank=rank, world_size=world, raw=True)
+    augment = DeviceAugmenter(3, 8, 2, rank, world)
+    for _ in range(3):
+        h, r = next(host), next(raw)
+        assert r.u_s is None and not torch.equal(r.u_w, h.u_w)  # the raw batch really is unaugmented
+        d = augment(r)
+        for field in ("x_l", "u_w", "u_s"):
+            diff = (getattr(h, field).int() - getattr(d, field).int()).abs().max().item()
+            assert diff <= 1, (field, diff)  # one grey level (exact on the CPU)
+        assert torch.equal(h.idx_u, d.idx_u) and torch.equal(h.y_l, d.y_l)
+
+
+def test_draw_frequencies_match_randaugment():
+    n = 4000
+    weak, strong = draw_params(list(range(n)), 32, unlabeled=True)
+    ops = strong.ops.flatten()
+    freq = torch.bincount(ops, minlength=len(OPS)).float() / len(ops)
+    tol = 4 * math.sqrt((1 / 14) * (13 / 14) / len(ops))  # 4 standard deviations
+    assert len(OPS) == 14 and (freq - 1 / 14).abs().max() < tol
+    signed = torch.tensor([o in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
+                                 "Contrast", "Sharpness") for o in OPS])[strong.ops]
+    assert abs(strong.negate[signed].float().mean() - 0.5) < 0.03
+    assert not strong.negate[~signed].any()  # unsigned ops never draw a sign
+    for p in (weak, strong):
+        assert abs(p.flip.float().mean() - 0.5) < 0.03
+        assert set(p.top.tolist()) == set(range(9)) and set(p.left.tolist()) == set(range(9))  # pad 4 at 32 px
+
+
+def test_fixed_ops_equal_torchvision_functional_ops():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=g)
+    names = ["Rotate", "Brightness", "Posterize", "Equalize", "ShearX", "Rotate"]
+    negate = [False, True, False, False, True, True]
+    p = ViewParams(torch.zeros(6, dtype=torch.long), torch.zeros(6, dtype=torch.long), torch.zeros(6, dtype=torch.bool),
+                   torch.tensor([[OPS.index(n), OPS.index("Identity")] for n in names]),
+                   torch.tensor([[v, False] for v in negate]))
+    out = randaugment(x, p)
+    nearest = InterpolationMode.NEAREST
+    expected = [
+        TF.rotate(x[0], angle=10.0, interpolation=nearest),  # magnitude bin 10 of 31 over [0, 30] degrees
+        TF.adjust_brightness(x[1], 1.0 - 0.3),
+        TF.posterize(x[2], bits=int((8 - torch.tensor(10) / 7.5).round())),
+        TF.equalize(x[3]),
+        TF.affine(x[4], angle=0.0, translate=[0, 0], scale=1.0, shear=[math.degrees(math.atan(-0.1)), 0.0],
+                  interpolation=nearest, center=[0, 0]),
+        TF.rotate(x[5], angle=-10.0, interpolation=nearest),
+    ]
+    for i, e in enumerate(expected):
+        assert (out[i].int() - e.int()).abs().max() <= 1, names[i]
+    assert not torch.equal(out[0], x[0]) and not torch.equal(out[1], x[1])  # the ops did something
+
+
+def test_weak_view_crops_each_sample_at_its_own_offset():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.uint8).view(2, 3, 8, 8)
+    p = ViewParams(torch.tensor([1, 2]), torch.tensor([1, 0]), torch.tensor([False, True]))
+    out = weak_views(x, p)  # pad 1 at 8 px: offset 1 = no shift
+    assert torch.equal(out[0], x[0])
+    padded = TF.pad(x[1], [1, 1, 1, 1], padding_mode="reflect")
+    assert torch.equal(out[1], TF.horizontal_flip(padded[:, 2:10, 0:8]))
