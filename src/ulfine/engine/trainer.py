@@ -356,7 +356,7 @@ def _log_params(parts: RunParts, n_trainable: int) -> None:
              cfg.model.arch, cfg.model.pretrained, f"{s.trainable:,}", f"{s.total:,}", f"{n_trainable:,}")
 
 
-def _trainer(cfg: Config, rt: Runtime, run_dir: Path) -> Trainer:
+def setup_trainer(cfg: Config, rt: Runtime, run_dir: Path) -> Trainer:
     """Assemble the run and set up its trainer (optimisation and resume for methods that train)."""
     trains = METHODS.get(cfg.method).trains
     if trains:
@@ -388,7 +388,7 @@ def train(cfg: Config) -> Path:
     cfg, run_dir = prepare_run_dir(cfg, rt)
     handler = attach_file_log(run_dir) if rt.is_main else None
     try:
-        trainer = _trainer(cfg, rt, run_dir)
+        trainer = setup_trainer(cfg, rt, run_dir)
         trainer.reporter = Reporter(run_dir, rt.is_main, cfg.train.progress, trainer.stop, trainer.state.step)
         if trainer.optimizer is not None:  # zero-shot and the like: evaluate-only, same finish()
             trainer.fit()
@@ -399,4 +399,4 @@ def train(cfg: Config) -> Path:
             handler.close()
 
 
-__all__ = ["StepModule", "Trainer", "train"]
+__all__ = ["StepModule", "Trainer", "setup_trainer", "train"]
