@@ -202,9 +202,9 @@ class ULFine(Method):
         )
         alpha = paf.fitting_momentum(pu, self.opts.mu_paf).to(self.alpha.device)
         self.alpha.copy_(alpha)
-        if bool((alpha > 0).any()):
-            c = self.prototypes
-            c.copy_(paf.momentum_fit(c, self.visual_prototypes, alpha).to(c.dtype))
+        c = self.prototypes
+        fitted = paf.momentum_fit(c, self.visual_prototypes, alpha).to(c.dtype)
+        c.copy_(torch.where((alpha > 0).any(), fitted, c))  # no fitting (and no sync) before P_u exists
 
     # -- prediction and diagnostics -----------------------------------------------------------
     @torch.no_grad()

@@ -87,10 +87,10 @@ def pseudo_label_distribution(
 
 def fitting_momentum(pu: torch.Tensor, mu_paf: float) -> torch.Tensor:
     """alpha_k = mu_paf * P_u^k / max_i P_u^i [P]; all zero while nothing is confident [R]."""
-    top = pu.max() if pu.numel() else pu.new_zeros(())
-    if top <= 0:
-        return torch.zeros_like(pu, dtype=torch.float32)
-    return mu_paf * pu.float() / top.float()
+    top = (pu.max() if pu.numel() else pu.new_zeros(())).float()
+    # a select instead of `if top <= 0`: no host-device synchronisation per optimiser step
+    return torch.where(top > 0, mu_paf * pu.float() / top.clamp_min(torch.finfo(torch.float32).tiny),
+                       torch.zeros((), device=pu.device))
 
 
 def momentum_fit(
