@@ -58,7 +58,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
         table.add_row(name, desc)
     console = _console()
     console.print(table)
-    console.print(_registered_text(), highlight=False)
+    console.print(_registered_text(), highlight=False, soft_wrap=True)
     return 0
 
 
