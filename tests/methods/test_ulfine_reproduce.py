@@ -102,3 +102,10 @@ def test_scripts_have_help(name, capsys):
         _load(name).main(["--help"])
     assert exc.value.code == 0
     assert "--dry-run" in capsys.readouterr().out
+
+
+def test_main_results_runs_loft_with_its_recipe(capsys):
+    cmds = _dry(_load("main_results"), capsys, "--presets", "stl10_n150_g10", "--methods", "fixmatch", "loft",
+                "--seeds", "0")
+    assert "ssl.tau=0.6" in cmds[1] and cmds[1][3] == "method=loft"
+    assert not any(c.startswith("ssl.tau") for c in cmds[0])  # the recipe is LoFT's only
