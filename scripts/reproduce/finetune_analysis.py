@@ -25,6 +25,7 @@ folders too, ``finetune_analysis_e<EPOCHS>s<STEPS>``).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,7 +64,7 @@ def _method_of(grid: Grid, label: str) -> str:
     return next(r.method for r in grid.runs if r.label == label)
 
 
-def renderer(out: Path, note: str):
+def renderer(out: Path, note: str) -> Callable[[Grid, Path], str]:
     """The report body: per preset, the table and its confidence-histogram PNG (beside ``out``)."""
 
     def render(grid: Grid, runs_dir: Path) -> str:
