@@ -4,7 +4,7 @@ Why: an end-to-end accuracy signal that runs offline on a laptop CPU, with mean 
 seeds, so that a change to a method or to the engine shows up as a number, not an anecdote.
 The micro world and its task were fixed before any method was compared; nothing here is tuned.
 
-    python benchmarks/accuracy.py                      # everything (8 methods x 3 seeds x 3 settings)
+    python benchmarks/accuracy.py                      # everything (9 methods x 3 seeds x 3 settings)
     python benchmarks/accuracy.py --settings consistent --seeds 0 --workers 2
 
 Each finished run is appended to ``OUT/rows.jsonl`` at once (a killed benchmark keeps what it

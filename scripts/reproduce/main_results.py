@@ -26,16 +26,20 @@ PRESETS = [
     "cifar100_n50_m400_g10_uniform", "cifar100_n50_m400_g10_reversed",
     "stl10_n150_g10", "stl10_n150_g20", "stl10_n450_g10", "stl10_n450_g20",
 ]
-METHODS = ["zeroshot", "supervised", "fixmatch", "fixmatch_la", "finessl", "ulfine"]
+METHODS = ["zeroshot", "supervised", "fixmatch", "fixmatch_la", "finessl", "loft", "ulfine"]
 
 
 def build_grid(presets: list[str], methods: list[str], seeds: list[int]) -> Grid:
-    """Rows = methods, columns = presets."""
+    """Rows = methods, columns = presets. LoFT runs with its published threshold (its recipe)."""
+    from ulfine.methods.loft import RECIPE_OVERRIDES  # late: keeps --help and --dry-run light
+
+    recipes = {"loft": RECIPE_OVERRIDES}
     grid = Grid(TABLE)
     for preset in presets:
         for method in methods:
             # zero-shot has nothing to train: one seed is enough
-            grid.add(method, preset, method, seeds[:1] if method == "zeroshot" else seeds)
+            runs = seeds[:1] if method == "zeroshot" else seeds
+            grid.add(method, preset, method, runs, *recipes.get(method, ()))
     return grid
 
 

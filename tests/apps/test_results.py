@@ -21,9 +21,11 @@ from ulfine.apps.results import (
     rows_csv,
     rows_from_json,
     rows_to_json,
+    summed_confidence_histogram,
     table_by_metric,
     table_by_preset,
 )
+from ulfine.errors import UlfineError
 
 
 def _metrics(overall: float, tail_precision: list) -> dict:
@@ -92,3 +94,25 @@ def test_grid_tables_mean_std_and_single_seed() -> None:
     lines = list(csv.DictReader(io.StringIO(records_csv(recs, ["overall", "pl_precision"]))))
     assert [(d["label"], d["seed"]) for d in lines] == [("a", "0"), ("a", "1"), ("b", "0"), ("a", "0")]
     assert float(lines[0]["overall"]) == pytest.approx(80.0) and float(lines[0]["pl_precision"]) == 50.0
+
+
+def _pl(false: int, false_conf: float, correct: list, wrong: list, edges=(0.7, 0.85, 1.0)) -> dict:
+    hist = {"edges": list(edges), "correct": correct, "wrong": wrong}
+    return {"pseudo_labels": {"false_confident": false, "false_confidence_mean": false_conf,
+                              "true_confidence_mean": 0.9, "confidence_histogram": hist}}
+
+
+def test_false_pseudo_label_columns_and_summed_histogram() -> None:
+    recs = [RunRecord("a", "p", 0, _pl(10, 0.80, [3, 4], [6, 4])),
+            RunRecord("a", "p", 1, _pl(13, 0.85, [1, 0], [8, 5])),
+            RunRecord("b", "p", 0, {"pseudo_labels": None})]
+    md = table_by_metric(recs, ["a", "b"], "p", ["pl_false_confident", "pl_false_confidence"]).markdown()
+    assert md.splitlines()[0] == "| run | false confident PLs | mean conf. of false PLs |"
+    assert "| a | 11.5 ± 2.1 | 0.825 ± 0.035 |" in md  # counts with one decimal, confidences three
+    assert "| b | - | - |" in md
+    assert summed_confidence_histogram(recs, "a", "p") == {
+        "edges": [0.7, 0.85, 1.0], "seeds": 2, "correct": [4, 4], "wrong": [14, 9]}
+    assert summed_confidence_histogram(recs, "b", "p") is None
+    other_tau = [recs[0], RunRecord("a", "p", 2, _pl(1, 0.9, [0, 0], [1, 0], edges=(0.6, 0.8, 1.0)))]
+    with pytest.raises(UlfineError, match="binned their confidences differently"):
+        summed_confidence_histogram(other_tau, "a", "p")

@@ -11,6 +11,7 @@ from ulfine.config import EvalConfig
 from ulfine.engine.metrics import (
     class_groups,
     classification_metrics,
+    confidence_histogram,
     expected_calibration_error,
     mean_of_last,
     pseudo_label_metrics,
@@ -66,6 +67,15 @@ def test_pseudo_label_metrics_by_hand():
     assert m["per_class"]["recall"] == pytest.approx([0.5, 0.0, 0.5])
     assert m["per_class"]["mask_rate"] == pytest.approx([1.0, 0.0, 1.0])
     assert m["confident_counts"] == [2, 1, 1]
+    # confident: 0.9 right, 0.8 wrong, 0.95 wrong, 0.75 right
+    assert m["false_confident"] == 2
+    assert m["false_confidence_mean"] == pytest.approx((0.8 + 0.95) / 2)
+    assert m["true_confidence_mean"] == pytest.approx((0.9 + 0.75) / 2)
+    # 10 bins of width 0.03 over [0.7, 1]: 0.75 -> bin 1, 0.8 -> 3, 0.9 -> 6, 0.95 -> 8
+    hist = m["confidence_histogram"]
+    assert hist["edges"] == pytest.approx([0.7 + 0.03 * b for b in range(11)])
+    assert hist["correct"] == [0, 1, 0, 0, 0, 0, 1, 0, 0, 0]
+    assert hist["wrong"] == [0, 0, 0, 1, 0, 0, 0, 0, 1, 0]
 
 
 def test_undefined_values_are_none_and_last_k_mean():
@@ -78,3 +88,19 @@ def test_undefined_values_are_none_and_last_k_mean():
     assert mean["overall_acc"] == pytest.approx(0.5)
     assert mean["balanced_acc"] == pytest.approx(0.25)
     assert mean["group_acc"] == {"head": pytest.approx(0.5), "medium": None, "tail": 0.0}
+
+
+def test_confidence_histogram_edges_and_empty_means():
+    # confidence exactly tau goes to the first bin, exactly 1.0 to the last; the counts add up
+    logits = torch.tensor([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0], [0.3, 0.0]])
+    m = pseudo_label_metrics(logits, torch.tensor([0, 0, 0, 1]), tau=0.5, bins=4)
+    hist = m["confidence_histogram"]
+    assert hist["edges"] == pytest.approx([0.5, 0.625, 0.75, 0.875, 1.0])
+    assert hist["correct"] == [1, 0, 0, 1]  # [0.5, 0.5] -> class 0 at 0.5; [100, 0] at 1.0
+    assert hist["wrong"] == [1, 0, 0, 1]  # 0.574 predicted 0 for a 1; [0, 100] at 1.0
+    assert sum(hist["correct"]) + sum(hist["wrong"]) == 4
+    none = pseudo_label_metrics(logits_from([0], [0.5], 2), torch.tensor([0]), tau=0.9)
+    assert none["false_confident"] == 0
+    assert none["false_confidence_mean"] is None and none["true_confidence_mean"] is None
+    assert none["confidence_histogram"]["correct"] == [0] * 10
+    assert confidence_histogram(torch.tensor([1.0]), torch.tensor([False]), 1.0, 3)["wrong"] == [0, 0, 1]

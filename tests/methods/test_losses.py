@@ -9,7 +9,9 @@ import torch
 
 from ulfine.config import load_config
 from ulfine.engine.trainer import _step_logs
+from ulfine.errors import ConfigError
 from ulfine.methods import METHODS, Batch, MethodContext
+from ulfine.methods.loft import confidence_regimes
 from ulfine.methods.losses import masked_consistency, pseudo_label, smoothed_targets
 from ulfine.models import CachedFeatures
 
@@ -103,3 +105,65 @@ def test_helpers():
     z = torch.tensor([[0.0, 0.0]])
     assert masked_consistency(z, torch.tensor([0]), torch.tensor([0.0])).item() == 0.0
     assert masked_consistency(z, torch.tensor([0]), torch.tensor([1.0])).item() == pytest.approx(math.log(2))
+
+
+# LoFT: three unlabeled samples, one per confidence regime at ssl.tau=0.6, loft.tau_ood=0.4
+LOFT_U_W = torch.tensor([[3.0, 0.0, 0.0],   # max q = 0.909 >= 0.6: hard label 0
+                         [0.0, 1.0, 0.0],   # 0.576: soft, between the thresholds
+                         [0.0, 0.2, 0.0]])  # 0.379 <= 0.4: out of distribution, no loss
+LOFT_U_S = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 1.0], [2.0, 0.0, 1.0]])
+
+
+def softmax(z):
+    return [math.exp(v - lse(z)) for v in z]
+
+
+def test_loft_loss_by_hand_in_each_confidence_regime():
+    m = make("loft", "ssl.tau=0.6", "loft.tau_ood=0.4", "loft.tau_la=1.0", "ssl.lambda_u=2.0",
+             "loft.lambda_soft=0.5")
+    out = m.training_step(Batch(X_L, Y_L, LOFT_U_W, LOFT_U_S, torch.tensor([0, 1, 2])))
+    lp = [math.log(c / sum(COUNTS)) for c in COUNTS]
+    adj = lambda z: [v + p for v, p in zip(z, lp)]
+    l_s = (ce(adj([2, 0, 0]), 0) + ce(adj([0, 1, 0]), 2)) / 2  # logit-adjusted labeled loss
+    l_hard = ce([1, 2, 0], 0) / 3  # raw strong logits against the hard label; mean over all 3
+    q = softmax([0, 1, 0])  # the whole weak distribution is the soft target
+    l_soft = sum(-qi * (zi - lse([0, 0, 1])) for qi, zi in zip(q, [0, 0, 1])) / 3
+    assert out.loss.item() == pytest.approx(l_s + 2.0 * l_hard + 0.5 * l_soft, rel=1e-6)
+    assert out.logs["loss_u"].item() == pytest.approx(l_hard, rel=1e-6)
+    assert out.logs["loss_u_soft"].item() == pytest.approx(l_soft, rel=1e-6)
+    assert out.logs["soft_rate"].item() == pytest.approx(1 / 3)
+    assert out.logs["ood_rate"].item() == pytest.approx(1 / 3)
+    assert out.pseudo.mask.tolist() == [True, False, False]
+    # the OOD sample's strong view does not enter the loss at all
+    moved = LOFT_U_S.clone()
+    moved[2] = torch.tensor([-5.0, 9.0, 3.0])
+    again = m.training_step(Batch(X_L, Y_L, LOFT_U_W, moved, torch.tensor([0, 1, 2])))
+    assert again.loss.item() == out.loss.item()
+    # prediction = raw z (no post-hoc correction: the adjustment lives in the loss only)
+    assert torch.equal(m.predict(U_S), U_S)
+
+
+def test_loft_regime_boundaries_and_reduction_to_fixmatch():
+    z = torch.tensor([[1.0, 0.0, 0.0]])
+    c = torch.softmax(z, -1).max().item()  # exactly representable as the float32 confidence
+    _, soft, ood = confidence_regimes(z, tau=c, tau_ood=0.1)  # max q == tau: hard, not soft
+    assert (soft.item(), ood.item()) == (0.0, 0.0)
+    _, soft, ood = confidence_regimes(z, tau=0.99, tau_ood=c)  # max q == tau_ood: OOD
+    assert (soft.item(), ood.item()) == (0.0, 1.0)
+    # no adjustment, no soft term: exactly FixMatch's loss on the same batch
+    loft = make("loft", "ssl.tau=0.7", "loft.tau_la=0", "loft.lambda_soft=0").training_step(batch())
+    fixmatch = make("fixmatch", "ssl.tau=0.7").training_step(batch())
+    assert loft.loss.item() == fixmatch.loss.item()
+
+
+def test_loft_head_scale_and_threshold_order():
+    ctx = MethodContext(K, ["a", "b", "c"], torch.tensor(COUNTS), torch.eye(K), 100.0, 10, K)
+
+    def build(*overrides):
+        return METHODS.get("loft").from_config(load_config(None, ["method=loft", *overrides]), CachedFeatures(), ctx)
+
+    f = torch.tensor([[3.0, 4.0, 0.0]])  # cosine with the text prototypes: [0.6, 0.8, 0]
+    assert build().predict(f).tolist()[0] == pytest.approx([15.0, 20.0, 0.0])  # LoFT's scale 25
+    assert build("loft.head_scale=null").predict(f).tolist()[0] == pytest.approx([60.0, 80.0, 0.0])
+    with pytest.raises(ConfigError, match="loft.tau_ood"):
+        build("ssl.tau=0.3", "loft.tau_ood=0.3")

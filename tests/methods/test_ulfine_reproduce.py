@@ -102,3 +102,54 @@ def test_scripts_have_help(name, capsys):
         _load(name).main(["--help"])
     assert exc.value.code == 0
     assert "--dry-run" in capsys.readouterr().out
+
+
+def test_main_results_runs_loft_with_its_recipe(capsys):
+    cmds = _dry(_load("main_results"), capsys, "--presets", "stl10_n150_g10", "--methods", "fixmatch", "loft",
+                "--seeds", "0")
+    assert "ssl.tau=0.6" in cmds[1] and cmds[1][3] == "method=loft"
+    assert not any(c.startswith("ssl.tau") for c in cmds[0])  # the recipe is LoFT's only
+
+
+def test_finetune_analysis_reports_false_pseudo_labels_and_plots_them(tmp_path, capsys, monkeypatch):
+    mod = _load("finetune_analysis")
+    preset = "microworld_n100_m200_g20_consistent"
+    grid = mod.build_grid([preset], ["zeroshot", "supervised", "fixmatch"], ["lp", "lft"], [0, 1],
+                          mod.QUICK_BUDGET, "finetune_analysis_quick")
+    assert grid.labels == ["zero-shot", "supervised LP", "supervised LFT", "fixmatch LP", "fixmatch LFT"]
+    assert [r.seed for r in grid.runs if r.label == "zero-shot"] == [0]  # untrained: one run
+    for i, run in enumerate(grid.runs):
+        d = run.run_dir(tmp_path / "runs")
+        d.mkdir(parents=True)
+        hist = {"edges": [0.7, 0.85, 1.0], "correct": [i, 1], "wrong": [2, i]}
+        (d / "final_metrics.json").write_text(json.dumps({
+            "overall_acc": 0.5, "group_acc": {"head": 0.6, "medium": 0.5, "tail": 0.4},
+            "pseudo_labels": {"precision": 0.75, "mask_rate": 0.5, "false_confident": 10 * i,
+                              "false_confidence_mean": 0.8, "true_confidence_mean": 0.9,
+                              "confidence_histogram": hist}}))
+    drawn = {}
+    monkeypatch.setattr(mod, "plot_confidence_histograms", lambda panels, path, title: drawn.update(
+        {p[0]: p[1] for p in panels}) or path)
+    out = tmp_path / "fa.md"
+    assert mod.main(["--collect-only", "--quick", "--presets", preset, "--methods", "zeroshot", "supervised",
+                     "fixmatch", "--finetunes", "lp", "lft", "--seeds", "0", "1",
+                     "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "SMOKE RUN" in text and "9/9 runs finished" in text
+    # runs 5, 6 are fixmatch LP seeds 0, 1: false confident 50 and 60
+    assert "| fixmatch LP | 50.00 ± 0.00 | 60.00 ± 0.00 | 50.00 ± 0.00 | 40.00 ± 0.00 | 75.00 ± 0.00 | " \
+           "50.00 ± 0.00 | 55.0 ± 7.1 | 0.800 ± 0.000 | 0.900 ± 0.000 |" in text
+    assert set(drawn) == {"zero-shot", "fixmatch LP", "fixmatch LFT"}  # supervised: table only
+    assert drawn["fixmatch LP"] == {"edges": [0.7, 0.85, 1.0], "seeds": 2, "correct": [11, 2], "wrong": [4, 11]}
+    assert f"![confidence histogram](fa_{preset}_confidence.png)" in text
+
+
+def test_confidence_histogram_plot_has_one_panel_per_row(tmp_path):
+    from matplotlib.image import imread
+
+    from ulfine.apps.plots import plot_confidence_histograms
+
+    hist = {"edges": [0.7, 0.85, 1.0], "correct": [1, 2], "wrong": [3, 0], "seeds": 1}
+    png = plot_confidence_histograms([("a", hist), ("b", hist), ("c", hist)], tmp_path / "h.png", "t")
+    height, width, _ = imread(png).shape
+    assert (width, height) == (round(3 * 3.8 * 120), round((3.2 + 0.5) * 120))  # 3 panels in one row

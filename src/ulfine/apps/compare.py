@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..engine import train
+from ..methods.loft import RECIPE_OVERRIDES as LOFT_RECIPE
 from .results import METRICS_FILE, Row, row_from_metrics
 
 
@@ -45,6 +46,7 @@ BENCHMARK_METHODS: tuple[MethodSpec, ...] = DEMO_METHODS[:4] + (
     MethodSpec("LFT supervised", ("method=supervised", "finetune=lft")),
     MethodSpec("LFT + FixMatch-LA", ("method=fixmatch_la", "finetune=lft")),
     MethodSpec("LFT + FineSSL", ("method=finessl", "finetune=lft")),
+    MethodSpec("LFT + LoFT", ("method=loft", "finetune=lft", *LOFT_RECIPE)),
     DEMO_METHODS[4],
 )
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UlfineError
+
 METRICS_FILE = "final_metrics.json"
 
 
@@ -63,11 +65,13 @@ def tail_pl_precision(metrics: Mapping[str, Any]) -> float | None:
 
 @dataclass(frozen=True)
 class Metric:
-    """A column: its title, how to read it from final_metrics.json, and its display scale."""
+    """A column: its title, how to read it from final_metrics.json, its display scale and, for
+    counts, its own number of decimals (None: the table's)."""
 
     title: str
     read: Callable[[Mapping[str, Any]], float | None]
     scale: float = 100.0
+    digits: int | None = None
 
 
 #: every metric a table can show, by name
@@ -83,6 +87,9 @@ METRICS: dict[str, Metric] = {
     "pl_recall": Metric("pseudo-label recall (%)", dotted("pseudo_labels.recall")),
     "pl_mask_rate": Metric("mask rate (%)", dotted("pseudo_labels.mask_rate")),
     "tail_pl_precision": Metric("tail PL precision (%)", tail_pl_precision),
+    "pl_false_confident": Metric("false confident PLs", dotted("pseudo_labels.false_confident"), 1.0, 1),
+    "pl_false_confidence": Metric("mean conf. of false PLs", dotted("pseudo_labels.false_confidence_mean"), 1.0, 3),
+    "pl_true_confidence": Metric("mean conf. of true PLs", dotted("pseudo_labels.true_confidence_mean"), 1.0, 3),
     "train_seconds": Metric("train s", dotted("train_seconds"), 1.0),
     "train_minutes": Metric("train time (min)", dotted("train_seconds"), 1 / 60),
     "wall_minutes": Metric("wall time incl. eval (min)", dotted("wall_seconds"), 1 / 60),
@@ -268,7 +275,23 @@ class RunRecord:
 def _cell(records: Sequence[RunRecord], label: str, preset: str, metric: str, digits: int) -> str:
     m = METRICS[metric]
     s = summarise(m.read(r.metrics) for r in records if r.label == label and r.preset == preset)
-    return format_summary(s, m.scale, digits, std_of_one=False)
+    return format_summary(s, m.scale, digits if m.digits is None else m.digits, std_of_one=False)
+
+
+def summed_confidence_histogram(records: Sequence[RunRecord], label: str, preset: str) -> dict[str, Any] | None:
+    """The pseudo-label confidence histogram of a cell, counts summed over its seeds.
+
+    Why summed, not averaged: the plot shows how many confident pseudo-labels are right or wrong
+    at each confidence, and seeds share the bins (the same tau). None when no run recorded one.
+    """
+    cell = [r.metrics.get("pseudo_labels") or {} for r in records if r.label == label and r.preset == preset]
+    hists = [p["confidence_histogram"] for p in cell if p.get("confidence_histogram")]
+    if not hists:
+        return None
+    if any(h["edges"] != hists[0]["edges"] for h in hists):
+        raise UlfineError(f"{label} on {preset}: runs binned their confidences differently (another ssl.tau?)")
+    return {"edges": hists[0]["edges"], "seeds": len(hists),
+            **{k: np.sum([h[k] for h in hists], axis=0).astype(int).tolist() for k in ("correct", "wrong")}}
 
 
 def table_by_metric(records: Sequence[RunRecord], labels: Sequence[str], preset: str,
@@ -296,6 +319,7 @@ __all__ = [
     "COLUMNS", "COLUMN_TITLES", "METRICS", "METRICS_FILE", "Metric", "Row", "RunRecord", "Summary",
     "Table", "aggregate", "aggregate_csv", "dotted", "format_summary", "markdown_aggregate",
     "markdown_table", "metric_value", "records_csv", "row_from_metrics", "rows_csv",
-    "rows_from_json", "rows_to_json", "summarise", "table_by_metric", "table_by_preset",
+    "rows_from_json", "rows_to_json", "summarise", "summed_confidence_histogram", "table_by_metric",
+    "table_by_preset",
     "tail_pl_precision",
 ]

@@ -123,14 +123,44 @@ def classification_metrics(
     }
 
 
-def pseudo_label_metrics(logits: torch.Tensor, target: torch.Tensor, tau: float) -> dict[str, Any]:
+def confidence_histogram(
+    confidence: torch.Tensor, correct: torch.Tensor, tau: float, bins: int = 10
+) -> dict[str, list]:
+    """Counts of correct and of wrong confident predictions in ``bins`` equal bins over [tau, 1].
+
+    Why: the over-confidence of false pseudo-labels is a shape (where the wrong ones sit), not
+    only a mean. Bin b holds [e_b, e_b+1), the last one also 1.0; the caller passes only the
+    confident predictions (confidence >= tau, compared in the logits' precision), and each is
+    binned by its index, so the counts always add up to the confident count.
+    """
+    conf = confidence.double().flatten()
+    width = (1.0 - tau) / bins
+    # tau = 1 leaves no width: every confident prediction is then exactly 1.0, the last bin
+    scaled = (conf - tau) / width if width > 0 else torch.full_like(conf, bins - 1)
+    idx = scaled.floor().long().clamp(0, bins - 1)  # clamp: a float32 confidence equal to tau
+    hit = correct.flatten().bool()
+    return {
+        "edges": [tau + b * width for b in range(bins)] + [1.0],
+        "correct": torch.bincount(idx[hit], minlength=bins).tolist(),
+        "wrong": torch.bincount(idx[~hit], minlength=bins).tolist(),
+    }
+
+
+def _mean(values: torch.Tensor) -> float | None:
+    return float(values.double().mean()) if values.numel() else None
+
+
+def pseudo_label_metrics(logits: torch.Tensor, target: torch.Tensor, tau: float, bins: int = 10) -> dict[str, Any]:
     """Quality of the confident (max softmax >= tau) predictions on unlabeled images.
 
     DIAGNOSTICS ONLY: uses the unlabeled ground truth, which training never sees. Per class k:
     precision = correct confident k-predictions / confident k-predictions; recall = correct
     confident k-predictions / images of class k; mask_rate = confident images of class k / images
     of class k. Overall: mask_rate, precision (accuracy of confident pseudo-labels), recall
-    (confident and correct / all), and the accuracy of all predictions.
+    (confident and correct / all), the accuracy of all predictions, and the over-confidence of
+    the wrong ones: ``false_confident`` (count of confident wrong predictions), the mean
+    confidence of the confident wrong (``false_confidence_mean``) and right
+    (``true_confidence_mean``) ones, and their :func:`confidence_histogram`.
     """
     logits = logits.float().cpu()
     target = target.long().cpu()
@@ -156,6 +186,10 @@ def pseudo_label_metrics(logits: torch.Tensor, target: torch.Tensor, tau: float)
         "accuracy": _ratio(float(correct.sum()), n),
         "per_class": {"precision": precision, "recall": recall, "mask_rate": mask_rate},
         "confident_counts": torch.bincount(pred[mask], minlength=k).tolist(),
+        "false_confident": int((mask & ~correct).sum()),
+        "false_confidence_mean": _mean(conf[mask & ~correct]),
+        "true_confidence_mean": _mean(conf[good]),
+        "confidence_histogram": confidence_histogram(conf[mask], correct[mask], tau, bins),
     }
 
 
@@ -182,6 +216,7 @@ __all__ = [
     "GROUPS",
     "class_groups",
     "classification_metrics",
+    "confidence_histogram",
     "expected_calibration_error",
     "mean_of_last",
     "pseudo_label_metrics",

@@ -4,7 +4,7 @@ Importing this package registers every built-in method.
 """
 
 from ..batch import Batch
-from . import finessl, fixmatch, fixmatch_la, supervised, ulfine, zeroshot  # noqa: F401  (registration)
+from . import finessl, fixmatch, fixmatch_la, loft, supervised, ulfine, zeroshot  # noqa: F401  (registration)
 from .base import (
     METHODS,
     Collectives,
@@ -17,9 +17,10 @@ from .base import (
 )
 from .finessl import FineSSLOptions
 from .fixmatch_la import FixMatchLAOptions
+from .loft import LoFTOptions
 from .ulfine import ULFineOptions
 
 __all__ = [
-    "METHODS", "Batch", "Collectives", "FineSSLOptions", "FixMatchLAOptions", "LocalCollectives",
-    "Method", "MethodContext", "MethodOptions", "PseudoLabels", "StepOutput", "ULFineOptions",
+    "METHODS", "Batch", "Collectives", "FineSSLOptions", "FixMatchLAOptions", "LoFTOptions",
+    "LocalCollectives", "Method", "MethodContext", "MethodOptions", "PseudoLabels", "StepOutput", "ULFineOptions",
 ]
