@@ -178,8 +178,8 @@ def test_folder_missing(tmp_path):
     with pytest.raises(DataError) as exc:
         load("folder", tmp_path / "nope")
     assert str(tmp_path / "nope") in one_line(exc)
-    (tmp_path / "labeled" / "a").mkdir(parents=True)
-    with pytest.raises(DataError, match="test"):
+    write_png(tmp_path / "labeled" / "a" / "x.png", images(1, 8, 0)[0])
+    with pytest.raises(DataError, match="no test/ folder or test.csv in"):
         load("folder", tmp_path)
 
 
