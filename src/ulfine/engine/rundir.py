@@ -109,7 +109,7 @@ def discard_unfinished(run: RunDir) -> bool:
     for child in list(run.path.iterdir()):
         shutil.rmtree(child) if child.is_dir() else child.unlink()
     run.path.rmdir()
-    log.warning("removed the unfinished run folder %s (it failed before its first checkpoint)", run.path)
+    log.info("removed the unfinished run folder %s (it failed before its first checkpoint)", run.path)
     return True
 
 
