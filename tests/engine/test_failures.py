@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from tiny import tiny_config, tiny_overrides
@@ -14,6 +15,7 @@ import ulfine.engine.trainer
 from ulfine.cli import main
 from ulfine.engine import train
 from ulfine.engine.checkpoint import find_checkpoint
+from ulfine.errors import NumericalError
 
 OOM = "CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.1 GiB total capacity)\nmore detail"
 
@@ -62,6 +64,22 @@ def test_on_nonfinite_skip_drops_the_step_and_counts_it(tmp_path, monkeypatch):
     assert final["steps"] == 4 and final["nonfinite_skipped_steps"] == 1 and before
     assert "non-finite loss at optimiser step 2" in (run / "train.log").read_text()
     assert all(torch.isfinite(t.float()).all() for t in load_file(str(run / "weights.safetensors")).values())
+
+
+def test_weights_that_overflow_are_never_checkpointed(tmp_path, monkeypatch):
+    """A finite loss can still come with overflowing gradients: the weights go non-finite after the
+    optimiser step, and the checkpoint that would save them is refused."""
+    real = ulfine.engine.trainer.Trainer.optimizer_step
+
+    def overflow(self):
+        real(self)
+        if self.state.step == 2:  # counted after this call: this is the 3rd step
+            next(p for p in self.method.parameters() if p.requires_grad).data[0] = float("inf")
+
+    monkeypatch.setattr(ulfine.engine.trainer.Trainer, "optimizer_step", overflow)
+    with pytest.raises(NumericalError, match="not finite at step 3 .*checkpoint of step 2 is kept"):
+        train(tiny_config(tmp_path, "method=supervised", "train.steps_per_epoch=4", "train.checkpoint_every_steps=1"))
+    assert find_checkpoint(tmp_path / "run").step == 2
 
 
 def test_out_of_memory_names_the_settings_to_change(tmp_path, capsys, monkeypatch):

@@ -168,7 +168,7 @@ class Trainer:
                     window[k].append(_scalar(v))
             self.optimizer_step()
         else:
-            self.skip_nonfinite(logs, buffers)
+            self.on_nonfinite(logs, buffers)
         self.scheduler.step()
         self.state.step += 1
         return (host.num_labeled + host.num_unlabeled) * rt.world_size
@@ -192,11 +192,12 @@ class Trainer:
         """The method's buffers (e.g. PAF memories, updated in the forward), to undo a skipped step."""
         return {n: b.detach().clone() for n, b in self.method.named_buffers()}
 
-    def skip_nonfinite(self, logs: list[dict[str, torch.Tensor | float]],
-                       buffers: dict[str, torch.Tensor] | None) -> None:
-        """``train.on_nonfinite``: stop with a NumericalError, or drop this step's update and count it."""
+    def on_nonfinite(self, logs: list[dict[str, torch.Tensor | float]],
+                     buffers: dict[str, torch.Tensor] | None) -> None:
+        """``train.on_nonfinite``: stop with a NumericalError, or drop this step's update (the
+        gradients, and the buffers the forward changed, from ``buffers``) and count it."""
         where = f"non-finite loss at optimiser step {self.state.step + 1} ({_terms(logs)})"
-        if buffers is None:
+        if self.cfg.train.on_nonfinite == "stop" or buffers is None:
             kept = (f"the last checkpoint (step {self.last_checkpoint}) in {self.run_dir / CHECKPOINT_DIR} is "
                     "kept: continue it with resume=true train.on_nonfinite=skip"
                     if self.last_checkpoint is not None else "no checkpoint was written yet")
@@ -238,8 +239,20 @@ class Trainer:
         per_rank = self.rt.gather_objects(dict(self.seen))
         return {k: self.state.images_seen[k] + sum(r[k] for r in per_rank) for k in self.seen}
 
+    def check_weights_finite(self) -> None:
+        """A finite loss can still come with overflowing gradients: never checkpoint what followed."""
+        finite = torch.stack([torch.isfinite(p.detach()).all() for p in self.method.parameters() if p.requires_grad])
+        if not self.rt.all_true(finite.all()):
+            kept = ("none was saved" if self.last_checkpoint is None
+                    else f"the checkpoint of step {self.last_checkpoint} is kept")
+            raise NumericalError(f"the trained weights are not finite at step {self.state.step} (a finite loss with "
+                                 f"overflowing gradients); no checkpoint written, {kept}: lower optim.lr or set "
+                                 "optim.clip_grad_norm and start again")
+
     def checkpoint(self) -> None:
-        """Write the resumable checkpoint of the current step (every rank takes part)."""
+        """Write the resumable checkpoint of the current step (every rank takes part); never one
+        whose weights are not finite."""
+        self.check_weights_finite()
         images_seen = self.global_seen()
         if self.rt.is_main:
             state = {**self.state.to_dict(), "images_seen": images_seen,
