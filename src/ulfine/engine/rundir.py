@@ -106,9 +106,7 @@ def discard_unfinished(run: RunDir) -> bool:
     """After a fresh run failed: remove what it wrote unless a checkpoint makes it resumable."""
     if not run.created or not run.path.is_dir() or find_checkpoint(run.path) is not None:
         return False
-    for child in list(run.path.iterdir()):
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
-    run.path.rmdir()
+    shutil.rmtree(run.path)
     log.info("removed the unfinished run folder %s (it failed before its first checkpoint)", run.path)
     return True
 
