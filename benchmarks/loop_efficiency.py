@@ -58,9 +58,9 @@ def bare_rate(cfg, steps: int) -> float:
     from ulfine.engine.trainer import setup_trainer
 
     rt = make_runtime(cfg.train.device, cfg.train.precision)
-    cfg, run_dir = prepare_run_dir(cfg, rt)
-    trainer = setup_trainer(cfg, rt, run_dir)
-    trainer.reporter = Reporter(run_dir, False, False, 0, 0)
+    cfg, run = prepare_run_dir(cfg, rt)
+    trainer = setup_trainer(cfg, rt, run.path)
+    trainer.reporter = Reporter(run.path, False, False, 0, 0)
     host = next(trainer.batches())
     window = defaultdict(list)
     trainer.step(host, window)  # warm-up

@@ -19,3 +19,16 @@ class DataError(UlfineError):
 
 class WeightsError(UlfineError):
     """Model weights cannot be found or downloaded (e.g. offline without a local file)."""
+
+
+class UnsafeFileError(UlfineError):
+    """A file ulfine was asked to read could run code when loaded (a pickle); it is refused."""
+
+
+class ResourceError(UlfineError):
+    """The machine ran out of something (disk space, accelerator memory); the message names the
+    settings to change."""
+
+
+class NumericalError(UlfineError):
+    """Training produced a non-finite loss (``train.on_nonfinite=stop``)."""

@@ -15,6 +15,11 @@ from ulfine.microworld.task import CLASS_NAMES
 TINY = ["train.max_steps=2", "train.steps_per_epoch=2", "train.epochs=1", "eval.last_k=1"]
 
 
+def tiny(tmp_path: Path) -> list[str]:
+    """TINY with the caches in tmp_path (nothing is written into the working folder)."""
+    return [*TINY, f"cache.dir={tmp_path / 'cache'}", f"model.text_cache_dir={tmp_path / 'text-cache'}"]
+
+
 def test_clear_previous_runs_only_removes_run_folders(tmp_path: Path) -> None:
     run, other, missing = tmp_path / "run", tmp_path / "notes", tmp_path / "absent"
     run.mkdir()
@@ -29,7 +34,7 @@ def test_clear_previous_runs_only_removes_run_folders(tmp_path: Path) -> None:
 def test_demo_writes_its_report(tmp_path: Path) -> None:
     from ulfine.apps.demo import run_demo
 
-    res = run_demo(tmp_path, methods=[DEMO_METHODS[0], DEMO_METHODS[4]], progress=False, overrides=TINY)
+    res = run_demo(tmp_path, methods=[DEMO_METHODS[0], DEMO_METHODS[4]], progress=False, overrides=tiny(tmp_path))
     assert [r.label for r in res.rows] == ["zero-shot", "ULFine (LFT)"]
     for name in ("report.md", "results.json", "results.csv", "group_accuracy.png", "per_class_accuracy.png"):
         assert (tmp_path / name).is_file()
@@ -43,9 +48,9 @@ def test_demo_runs_twice_into_the_same_folder(tmp_path: Path, capsys: pytest.Cap
     from ulfine.apps.demo import run_demo
 
     methods = [DEMO_METHODS[0], DEMO_METHODS[1]]
-    first = run_demo(tmp_path, methods=methods, progress=False, overrides=TINY)
+    first = run_demo(tmp_path, methods=methods, progress=False, overrides=tiny(tmp_path))
     assert "removed" not in capsys.readouterr().out
-    second = run_demo(tmp_path, methods=methods, progress=False, overrides=TINY)
+    second = run_demo(tmp_path, methods=methods, progress=False, overrides=tiny(tmp_path))
     out = capsys.readouterr().out
     assert f"removed 2 run folder(s) of a previous demo under {tmp_path / 'runs'}" in out
     assert [r.run_dir for r in second.rows] == [r.run_dir for r in first.rows]

@@ -102,3 +102,23 @@ def write_png(path: Path, arr: np.ndarray) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
+
+
+def write_png16(path: Path, arr: np.ndarray) -> None:
+    """A 16-bit PNG written by hand (PIL cannot write 16-bit colour): (H, W) grey, (H, W, 2) grey +
+    alpha, (H, W, 3) RGB or (H, W, 4) RGBA of uint16."""
+    import struct
+    import zlib
+
+    arr = np.asarray(arr, dtype=">u2")
+    h, w = arr.shape[:2]
+    colour = {2: 0, 3: {2: 4, 3: 2, 4: 6}.get(arr.shape[-1])}[arr.ndim] if arr.ndim == 3 else 0
+    raw = b"".join(b"\x00" + arr[y].tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))

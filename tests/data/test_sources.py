@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -178,8 +181,8 @@ def test_folder_missing(tmp_path):
     with pytest.raises(DataError) as exc:
         load("folder", tmp_path / "nope")
     assert str(tmp_path / "nope") in one_line(exc)
-    (tmp_path / "labeled" / "a").mkdir(parents=True)
-    with pytest.raises(DataError, match="test"):
+    write_png(tmp_path / "labeled" / "a" / "x.png", images(1, 8, 0)[0])
+    with pytest.raises(DataError, match="no test/ folder or test.csv in"):
         load("folder", tmp_path)
 
 
@@ -206,3 +209,24 @@ def test_plan_counts_without_files(tmp_path):
     assert plan_counts(DataConfig(dataset="imagenet127", root=tmp_path)).classes[5] == "class_5"
     with pytest.raises(DataError, match="prepare_imagenet127"):
         plan_counts(DataConfig(dataset="imagenet127", root=tmp_path, labeled_fraction=0.1))
+
+
+def test_missing_and_truncated_dataset_files_are_one_line_errors(tmp_path):
+    def cli(*args):  # a fresh process in tmp_path: nothing is written into the working folder
+        return subprocess.run([sys.executable, "-m", "ulfine.cli", *args], capture_output=True, cwd=tmp_path,
+                              text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+
+    args = ["train", "cifar10_n1500_m3000_g100_consistent", f"data.root={tmp_path}", "model.arch=ulfine-micro-vit",
+            "model.pretrained=none", "model.text_cache_dir=null", "train.progress=false",
+            f"output_dir={tmp_path / 'run'}", f"cache.dir={tmp_path / 'cache'}"]
+    missing = cli(*args)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "cifar-10-batches-py" in missing.stderr and str(tmp_path) in missing.stderr
+    write_cifar10(tmp_path)  # every file present; one of them cut short
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_4"
+    batch.write_bytes(batch.read_bytes()[:1000])
+    truncated = cli(*args)
+    assert truncated.returncode == 2 and "Traceback" not in truncated.stderr
+    assert truncated.stderr.startswith("error: ") and truncated.stderr.count("\n") == 1
+    assert "data_batch_4" in truncated.stderr and "truncated" in truncated.stderr, truncated.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-py"]  # no half run, no cache

@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ulfine.config import DataConfig
 from ulfine.data import build_ssl_data, eval_batches, ssl_batches, strong_view, weak_view
@@ -59,11 +60,28 @@ def test_device_normalizer_value_and_shape():
     up = DeviceNormalizer(64, (0.5,) * 3, (0.5,) * 3)(torch.full((2, 3, 32, 32), 255, dtype=torch.uint8))
     assert up.shape == (2, 3, 64, 64) and torch.allclose(up, torch.ones_like(up))  # clamped overshoot
     # downsampling is antialiased: it matches PIL's bicubic resize (a plain bicubic is off by ~0.5)
-    from PIL import Image
     img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     pil = np.asarray(Image.fromarray(img).resize((16, 16), Image.BICUBIC)).astype(np.float32) / 255
     down = DeviceNormalizer(16, (0.0,) * 3, (1.0,) * 3)(torch.from_numpy(img).permute(2, 0, 1)[None])
     assert np.abs(down[0].permute(1, 2, 0).numpy() - pil).max() < 0.01
+
+
+@pytest.mark.parametrize("size", [16, 33, 96, 224])
+def test_float_resize_path_matches_pil_and_the_uint8_path(size):
+    """Accelerators resize in float (``resize_float``), the CPU in uint8: both must give what PIL's
+    bicubic gives (CLIP's reference preprocessing), within 1.5 grey levels, even on noise, where
+    sharp edges make bicubic overshoot most; non-square inputs included."""
+    img = np.random.default_rng(size).integers(0, 256, (4, 32, 40, 3), dtype=np.uint8)
+    pil = np.stack([np.asarray(Image.fromarray(i).resize((size, size), Image.BICUBIC)) for i in img]).astype(np.float32)
+    norm = DeviceNormalizer(size, (0.0,) * 3, (1.0,) * 3)
+    x = torch.from_numpy(img).permute(0, 3, 1, 2)
+    as_float = norm.resize_float(x).permute(0, 2, 3, 1).numpy() * 255
+    as_uint8 = norm(x).permute(0, 2, 3, 1).numpy() * 255  # the CPU path
+    assert np.abs(as_float - pil).max() <= 1.5
+    assert np.abs(as_uint8 - pil).max() <= 2.001  # torch rounds its uint8 passes slightly differently
+    assert np.abs(as_float - as_uint8).max() <= 2.5  # (a single 2-D float resize: up to 24)
+    # float input in [0, 1] takes the same path and normalises like the uint8 path
+    torch.testing.assert_close(norm(x.float() / 255), norm.resize_float(x), rtol=0, atol=1e-6)
 
 
 def test_batch_contents(data):

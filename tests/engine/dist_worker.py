@@ -1,4 +1,5 @@
-"""Run one tiny training under torchrun (used by test_distributed.py): argv = out_dir overrides..."""
+"""Run tiny trainings under torchrun (used by test_distributed.py), one after the other in the same
+processes: argv = out_dir overrides... [-- overrides... ...]; run i is written to out_dir/r<i>/run."""
 
 import sys
 from pathlib import Path
@@ -13,5 +14,11 @@ from tiny import tiny_config  # noqa: E402
 from ulfine.engine import train  # noqa: E402
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1])
-    train(tiny_config(out, *sys.argv[2:]))
+    out, groups = Path(sys.argv[1]), [[]]
+    for arg in sys.argv[2:]:
+        if arg == "--":
+            groups.append([])
+        else:
+            groups[-1].append(arg)
+    for i, overrides in enumerate(groups):
+        train(tiny_config(out / f"r{i}", *overrides))

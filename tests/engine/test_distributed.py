@@ -1,4 +1,5 @@
-"""2 CPU processes (torchrun, gloo) take the same optimiser steps on the same samples as 1."""
+"""2 CPU processes (torchrun, gloo) take the same optimiser steps on the same samples as 1, for
+FixMatch and ULFine, with the unlabeled loss active and the weights visibly trained."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import assert_unlabeled_loss_active, initial_weights, moved, tiny_config
 
 WORKER = Path(__file__).with_name("dist_worker.py")
-ARGS = ["method=fixmatch", "finetune=lft"]
+RUNS = [["method=fixmatch", "finetune=lft", "ssl.tau=0.0"],
+        ["method=ulfine", "finetune=lft", "ssl.tau=0.1", "ulfine.mu_paf=0.5"]]
 
 
 def _free_port() -> int:
@@ -32,15 +35,19 @@ def _run(cmd: list[str]) -> None:
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_match_one(tmp_path):
-    _run([sys.executable, str(WORKER), str(tmp_path / "one"), *ARGS])
+    args = [a for run in RUNS for a in ["--", *run]][1:]
+    _run([sys.executable, str(WORKER), str(tmp_path / "one"), *args])
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-          str(WORKER), str(tmp_path / "two"), *ARGS])
-    one = json.loads((tmp_path / "one/run/final_metrics.json").read_text())
-    two = json.loads((tmp_path / "two/run/final_metrics.json").read_text())
-    assert one["steps"] == two["steps"] == 2
-    assert one["images_seen"] == two["images_seen"] == {"labeled": 8, "unlabeled": 8}
-    wa = load_file(tmp_path / "one/run/weights.safetensors")
-    wb = load_file(tmp_path / "two/run/weights.safetensors")
-    for k in wa:  # averaged gradients of the two halves == gradient of the whole batch
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+          str(WORKER), str(tmp_path / "two"), *args])
+    for i, run in enumerate(RUNS):
+        one, two = tmp_path / "one" / f"r{i}" / "run", tmp_path / "two" / f"r{i}" / "run"
+        fa, fb = (json.loads((r / "final_metrics.json").read_text()) for r in (one, two))
+        assert fa["steps"] == fb["steps"] == 2
+        assert fa["images_seen"] == fb["images_seen"] == {"labeled": 8, "unlabeled": 8}
+        assert moved(one, initial_weights(tiny_config(tmp_path / "init", *run))) > 100 * 1e-6, run
+        assert_unlabeled_loss_active(one)
+        assert_unlabeled_loss_active(two)
+        wa, wb = load_file(one / "weights.safetensors"), load_file(two / "weights.safetensors")
+        for k in wa:  # averaged gradients of the two halves == gradient of the whole batch
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6, msg=lambda m, k=k, run=run: f"{run} {k}: {m}")

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import tiny_config
+from tiny import assert_unlabeled_loss_active, initial_weights, moved, tiny_config
 
 import ulfine.engine.assemble
-from ulfine.engine import evaluate_run, train
+from ulfine.data import UNKNOWN_LABEL, ImageSet
+from ulfine.engine import evaluate_run, load_run, train
+from ulfine.engine.checkpoint import load_weights
+from ulfine.engine.evaluation import build_eval_sets, evaluate_sets
 from ulfine.engine.runtime import make_runtime
 from ulfine.errors import DataError
 from ulfine.methods import METHODS, Method, StepOutput
@@ -45,7 +48,9 @@ def _final(run_dir):
 @pytest.mark.parametrize("finetune", ["lp", "lft", "fft"])
 @pytest.mark.parametrize("method", TRAINING)
 def test_every_method_and_finetune_trains(tmp_path, method, finetune):
-    run = train(tiny_config(tmp_path, f"method={method}", f"finetune={finetune}"))
+    cfg = tiny_config(tmp_path, f"method={method}", f"finetune={finetune}")
+    init = initial_weights(cfg)
+    run = train(cfg)
     m = _final(run)
     assert FINAL_KEYS <= set(m)
     assert m["steps"] == 2
@@ -62,11 +67,11 @@ def test_every_method_and_finetune_trains(tmp_path, method, finetune):
     assert images / cost["train_images_per_s"] == pytest.approx(m["train_seconds"], abs=6e-4)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["overall_acc"] == m["overall_acc"]
-    for name in ("config.yaml", "split.json", "weights.safetensors", "checkpoint/state.pt"):
+    for name in ("config.yaml", "split.json", "weights.safetensors", "checkpoint/state.json",
+                 "checkpoint/state.safetensors", "checkpoint/manifest.json"):
         assert (run / name).is_file(), name
     # the trainable weights moved away from their initialisation
-    init = load_file(run / "weights.safetensors")
-    assert any(k.startswith("head") or "adapt" in k or "visual" in k for k in init)
+    assert moved(run, init) > 1e-4
 
 
 def test_zeroshot_evaluates_without_training_and_reloads(tmp_path):
@@ -80,8 +85,11 @@ def test_zeroshot_evaluates_without_training_and_reloads(tmp_path):
 def test_feature_cache_mode_matches_image_mode(tmp_path):
     """LP without augmentation trains on cached features: same result as on images."""
     common = ["method=supervised", "finetune=lp", "data.augment=false", "head=linear"]
-    ra = train(tiny_config(tmp_path / "f", *common))
+    cfg = tiny_config(tmp_path / "f", *common)
+    init = initial_weights(cfg)
+    ra = train(cfg)
     rb = train(tiny_config(tmp_path / "i", *common, "cache.features=false"))
+    assert moved(ra, init) > 100 * 1e-5  # far beyond the tolerance below: the comparison means something
     assert any((tmp_path / "f" / "feature-cache").rglob("*")), "no feature cache written"
     assert not (tmp_path / "i" / "feature-cache").exists()
     wa, wb = load_file(ra / "weights.safetensors"), load_file(rb / "weights.safetensors")
@@ -102,37 +110,64 @@ def test_cached_diagnostic_features_follow_the_seeded_subset(tmp_path):
     assert cached["pseudo_labels"]["accuracy"] == pytest.approx(fresh["pseudo_labels"]["accuracy"])
 
 
-def test_unlabeled_ground_truth_never_reaches_training(tmp_path, monkeypatch):
-    cfg_args = ("method=fixmatch", "finetune=lft", "ssl.tau=0.0")
-    base = train(tiny_config(tmp_path / "a", *cfg_args))
+def _relabel(monkeypatch, label: int) -> None:
+    """Every unlabeled image's ground truth becomes ``label`` (one class, or -1 = unknown), with
+    the per-class counts recomputed, so a leak through labels, counts or priors changes training."""
     real = ulfine.data.build_ssl_data
 
-    def permuted(cfg, seed):
+    def relabelled(cfg, seed):
         data = real(cfg, seed)
-        labels = np.random.default_rng(1).permutation(np.asarray(data.unlabeled.labels))
-        data.unlabeled = data.unlabeled.__class__(data.unlabeled.images, labels, data.unlabeled.image_size)
+        u = data.unlabeled
+        data.unlabeled = ImageSet(u.images, np.full(len(u), label, dtype=np.int64), u.image_size)
+        data.unlabeled_counts = (None if label == UNKNOWN_LABEL
+                                 else np.bincount([label] * len(u), minlength=data.num_classes).tolist())
         return data
 
-    monkeypatch.setattr(ulfine.engine.assemble, "build_ssl_data", permuted)
-    other = train(tiny_config(tmp_path / "b", *cfg_args))
-    wa, wb = load_file(base / "weights.safetensors"), load_file(other / "weights.safetensors")
-    assert wa.keys() == wb.keys()
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    # ...while the diagnostics, which may read the labels, did see the permutation
-    assert _final(base)["pseudo_labels"] != _final(other)["pseudo_labels"]
+    monkeypatch.setattr(ulfine.engine.assemble, "build_ssl_data", relabelled)
 
 
-def test_interrupt_and_resume_equals_uninterrupted(tmp_path):
-    args = ("method=fixmatch", "finetune=lft", "train.epochs=2", "train.ema=0.5", "optim.warmup_steps=1")
-    full = train(tiny_config(tmp_path / "full", *args))
+@pytest.mark.parametrize("method", ["fixmatch", "ulfine"])
+def test_unlabeled_ground_truth_never_reaches_training(tmp_path, monkeypatch, method):
+    cfg_args = (f"method={method}", "finetune=lft", "ssl.tau=0.0", "ulfine.mu_paf=0.5")
+    cfg = tiny_config(tmp_path / "a", *cfg_args)
+    init = initial_weights(cfg)
+    base = train(cfg)
+    assert moved(base, init) > 1e-4
+    assert_unlabeled_loss_active(base)
+    wa = load_file(base / "weights.safetensors")
+    for label, name in ((0, "one"), (UNKNOWN_LABEL, "unknown")):
+        with monkeypatch.context() as m:
+            _relabel(m, label)
+            other = train(tiny_config(tmp_path / name, *cfg_args))
+        wb = load_file(other / "weights.safetensors")
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), f"unlabeled labels = {label} changed training"
+        # ...while the diagnostics, which may read the labels, did see the change
+        if label == UNKNOWN_LABEL:
+            assert _final(other)["pseudo_labels"] is None
+        else:
+            assert _final(other)["pseudo_labels"] != _final(base)["pseudo_labels"]
+
+
+@pytest.mark.parametrize("method", ["fixmatch", "ulfine"])
+def test_interrupt_and_resume_equals_uninterrupted(tmp_path, method):
+    args = (f"method={method}", "finetune=lft", "train.epochs=2", "train.ema=0.5", "optim.warmup_steps=1",
+            "ssl.tau=0.0", "ulfine.mu_paf=0.5")
+    cfg = tiny_config(tmp_path / "full", *args)
+    init = initial_weights(cfg)
+    full = train(cfg)
+    assert moved(full, init) > 1e-3 and moved(full, init, "ema.safetensors") > 1e-3
+    assert_unlabeled_loss_active(full)
     part = train(tiny_config(tmp_path / "part", *args, "train.max_steps=3"))
     assert _final(part)["steps"] == 3 and _final(part)["stopped_early"]
     resumed = train(tiny_config(tmp_path / "part", *args, "resume=true"))
     assert resumed == part
+    assert "resumed from checkpoint/ (step 3)" in (part / "train.log").read_text()
+    assert_unlabeled_loss_active(resumed)  # the steps after the resume used unlabeled data too
     for name in ("weights.safetensors", "ema.safetensors"):
         wa, wb = load_file(full / name), load_file(resumed / name)
         for k in wa:
-            torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+            assert torch.equal(wa[k], wb[k]), (name, k)
     fa, fb = _final(full), _final(resumed)
     assert fb["steps"] == 4 and fb["images_seen"] == fa["images_seen"]
     # metrics.jsonl of the resumed run holds the same evaluations as the uninterrupted one: the
@@ -141,9 +176,30 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path):
              for r in (full, resumed)]
     assert steps[0] == steps[1] == [2, 4]
     assert fb["overall_acc"] == fa["overall_acc"] and fb["last_k_mean"] == fa["last_k_mean"]
-    again = evaluate_run(full, "test")  # reload config + EMA weights: same numbers
-    assert again["weights"] == "ema.safetensors"
-    assert again["per_class_acc"] == fa["per_class_acc"] and again["ece"] == pytest.approx(fa["ece"])
+
+
+def test_evaluation_uses_the_ema_weights(tmp_path):
+    """EMA: shadow <- d * shadow + (1 - d) * weight after each step, starting from the initial
+    weights; every evaluation (and ``ulfine eval``) uses the shadow, not the raw weights."""
+    cfg = tiny_config(tmp_path, "method=fixmatch", "finetune=lft", "ssl.tau=0.0", "train.ema=0.75",
+                      "train.max_steps=1")
+    init = initial_weights(cfg)
+    run = train(cfg)
+    raw, ema = load_file(run / "weights.safetensors"), load_file(run / "ema.safetensors")
+    trainable = [k for k in raw if not torch.equal(raw[k], init[k])]
+    assert trainable, "one step changed nothing"
+    for k in raw:  # one update: 0.75 * initial + 0.25 * weights after step 1; buffers are raw
+        expected = 0.75 * init[k] + 0.25 * raw[k] if k in trainable else raw[k]
+        torch.testing.assert_close(ema[k], expected, rtol=0, atol=1e-6)
+    final = _final(run)
+    assert final["weights"] == "ema"
+    parts, rt, name = load_run(run)  # what `ulfine eval` loads
+    assert name == "ema.safetensors"
+    with_ema = evaluate_sets(parts, build_eval_sets(parts, rt), rt)
+    load_weights(parts.method, run / "weights.safetensors")
+    with_raw = evaluate_sets(parts, build_eval_sets(parts, rt), rt)
+    assert with_ema["ece"] == pytest.approx(final["ece"], abs=1e-9)
+    assert with_raw["ece"] != pytest.approx(final["ece"], abs=1e-6)  # the raw weights score differently
 
 
 def test_resume_refuses_data_that_gives_another_split(tmp_path, monkeypatch):
@@ -161,9 +217,14 @@ def test_resume_refuses_data_that_gives_another_split(tmp_path, monkeypatch):
 @pytest.mark.parametrize("method", ["fixmatch", "ulfine"])
 def test_grad_accumulation_matches_one_big_batch(tmp_path, method):
     # ulfine: the visual-prototype EMA and the momentum fitting see the whole step's batch too
-    extra = ["ulfine.mu_paf=0.5", "ssl.tau=0.1"] if method == "ulfine" else []
-    a = train(tiny_config(tmp_path / "a", f"method={method}", "finetune=lft", *extra))
+    extra = ["ulfine.mu_paf=0.5", "ssl.tau=0.1"] if method == "ulfine" else ["ssl.tau=0.0"]
+    cfg = tiny_config(tmp_path / "a", f"method={method}", "finetune=lft", *extra)
+    init = initial_weights(cfg)
+    a = train(cfg)
     b = train(tiny_config(tmp_path / "b", f"method={method}", "finetune=lft", "optim.grad_accum=2", *extra))
+    assert moved(a, init) > 100 * 1e-5  # far beyond the tolerance below
+    assert_unlabeled_loss_active(a)
+    assert_unlabeled_loss_active(b)
     wa, wb = load_file(a / "weights.safetensors"), load_file(b / "weights.safetensors")
     assert set(wa) == set(wb)
     for k in wa:
@@ -191,15 +252,21 @@ class _DtypeProbe(Method):
         return self.fc(self.features(images))
 
 
-def test_bf16_autocast_is_really_on_cpu(tmp_path):
-    if "dtype_probe" not in METHODS:
-        METHODS.register("dtype_probe")(_DtypeProbe)
+@pytest.fixture()
+def dtype_probe():
+    METHODS.register("dtype_probe")(_DtypeProbe)
     _DtypeProbe.seen.clear()
+    yield _DtypeProbe.seen
+    METHODS.unregister("dtype_probe")  # no method stays registered for the tests after this one
+
+
+def test_bf16_autocast_is_really_on_cpu(tmp_path, dtype_probe):
     train(tiny_config(tmp_path / "bf16", "method=dtype_probe", "finetune=lft", "train.precision=bf16"))
-    assert _DtypeProbe.seen and set(_DtypeProbe.seen) == {torch.bfloat16}
-    _DtypeProbe.seen.clear()
+    assert dtype_probe and set(dtype_probe) == {torch.bfloat16}
+    assert "precision bf16 (autocast dtype torch.bfloat16)" in (tmp_path / "bf16/run/train.log").read_text()
+    dtype_probe.clear()
     train(tiny_config(tmp_path / "fp32", "method=dtype_probe", "finetune=lft", "train.precision=fp32"))
-    assert set(_DtypeProbe.seen) == {torch.float32}
+    assert set(dtype_probe) == {torch.float32}
     rt = make_runtime("cpu", "auto")
     assert rt.precision == "fp32" and rt.autocast_dtype is None
 

@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError
+from ..safefiles import atomic_write_text
 from .schema import Config, format_validation_error
 
 BASE_KEY = "base"  # a preset may name another preset it extends
@@ -62,7 +63,7 @@ def _read_preset(preset: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     path = _preset_path(preset)
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:
         raise ConfigError(f"preset {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"preset {path} must be a mapping of keys to values")
@@ -95,7 +96,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} has an empty key")
         try:
             value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # e.g. 2001-13-01 is a YAML date with no such month
             value = raw
         node = nested
         parts = key.split(".")
@@ -134,11 +135,17 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 def save_config(cfg: Config, path: Path) -> None:
     """Write the resolved config (every key, defaults included) so a run can be re-made."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def load_saved_config(path: Path) -> Config:
     """Read a config saved by :func:`save_config` (e.g. ``RUN_DIR/config.yaml``)."""
     if not path.is_file():
         raise ConfigError(f"no saved config at {path}")
-    return build_config(yaml.safe_load(path.read_text()) or {})
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not a readable config ({type(exc).__name__}); the file is damaged") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a readable config (not a mapping of keys to values)")
+    return build_config(data)

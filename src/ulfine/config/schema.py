@@ -88,6 +88,11 @@ class DataConfig(Section):
     class_names: list[str] | None = Field(
         None, description="override the dataset's class names (what CLIP reads)"
     )
+    on_bad_image: Literal["fail", "skip"] = Field(
+        "fail",
+        description="an unreadable image file (truncated, not an image, unsupported mode): fail "
+        "naming it, or skip it and list it in the run folder's skipped_images.json",
+    )
 
 
 # -------------------------------------------------------------------------------------- model
@@ -160,6 +165,14 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(1, ge=1, description="save a resumable checkpoint every N epochs")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also save one every N optimiser steps (an epoch can be an hour)"
+    )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="a NaN/inf loss: stop naming the step and loss terms (the last checkpoint is "
+        "kept), or skip that optimiser step and count it",
+    )
     progress: bool = Field(True, description="progress bars")
     max_steps: int | None = Field(
         None, ge=1, description="stop after this many optimiser steps (tests, smoke runs)"

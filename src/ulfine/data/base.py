@@ -17,6 +17,7 @@ import numpy as np
 
 from ..registry import DATASETS as _DATASETS
 from ..registry import Registry
+from .decode import decode_image
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -88,16 +89,10 @@ class ImageSet:
         return len(self.labels)
 
     def load(self, index: int) -> np.ndarray:
-        """Image ``index`` as uint8 (H, W, 3) RGB."""
+        """Image ``index`` as uint8 (H, W, 3) RGB (files: any mode, see :mod:`ulfine.data.decode`)."""
         if isinstance(self.images, (np.ndarray, StoredArray)):
             return np.ascontiguousarray(self.images[index])
-        from PIL import Image
-
-        with Image.open(self.images[index]) as img:
-            img = img.convert("RGB")
-            if self.image_size is not None and img.size != (self.image_size, self.image_size):
-                img = img.resize((self.image_size, self.image_size), Image.BICUBIC)
-            return np.asarray(img, dtype=np.uint8)
+        return decode_image(self.images[index], self.image_size)
 
     def subset(self, indices: np.ndarray) -> ImageSet:
         """The images at ``indices`` (order kept)."""
@@ -119,6 +114,8 @@ class SourceData:
     test: ImageSet
     unlabeled: ImageSet | None = None  # a natural unlabeled set, if the dataset has one
     native_size: int = 32  # square size images are stored/augmented at
+    # files left out under data.on_bad_image=skip: {"path", "role", "problem"} each
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:

@@ -31,9 +31,11 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
+from ..safefiles import atomic_write_text
 from .base import DATASETS, UNKNOWN_LABEL, ImageSet, SourceData
 
 SPLIT_FILE = "split.json"
+SKIPPED_FILE = "skipped_images.json"
 SPLIT_VERSION = 1
 ROLES = ("labeled", "unlabeled", "val")
 
@@ -115,6 +117,10 @@ def _class_names(cfg: DataConfig, num_classes: int, known: list[str] | None) -> 
         if len(cfg.class_names) != num_classes:
             raise ConfigError(f"data.class_names has {len(cfg.class_names)} names but {cfg.dataset} "
                               f"has {num_classes} classes")
+        dupes = sorted({n for n in cfg.class_names if cfg.class_names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"data.class_names names {dupes[0]!r} twice; each class needs its own name "
+                              "(CLIP tells classes apart by name)")
         return list(cfg.class_names)
     return list(known) if known else [f"class_{k}" for k in range(num_classes)]
 
@@ -248,10 +254,19 @@ class SSLData:
     indices: dict[str, RoleIndices] = field(repr=False, default_factory=dict)
     config: dict[str, Any] = field(repr=False, default_factory=dict)
     seed: int = 0
+    skipped: list[dict[str, str]] = field(repr=False, default_factory=list)  # data.on_bad_image=skip
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def save_skipped(self, run_dir: Path) -> Path | None:
+        """Write ``run_dir/skipped_images.json`` (count and list of the files left out), if any."""
+        if not self.skipped:
+            return None
+        path = Path(run_dir) / SKIPPED_FILE
+        atomic_write_text(path, json.dumps({"count": len(self.skipped), "files": self.skipped}, indent=1))
+        return path
 
     def save_split(self, run_dir: Path) -> Path:
         """Write ``run_dir/split.json`` (indices per role, counts, config, hash); returns its path."""
@@ -269,7 +284,7 @@ class SSLData:
             "roles": {role: ri.to_json() for role, ri in self.indices.items()},
         }
         path = run_dir / SPLIT_FILE
-        path.write_text(json.dumps(record, indent=1))
+        atomic_write_text(path, json.dumps(record, indent=1))
         return path
 
 
@@ -343,7 +358,7 @@ def _assemble(cfg: DataConfig, source: SourceData, roles: dict[str, RoleIndices]
         test=source.test, labeled_counts=_counts(labeled, K),
         unlabeled_counts=_known_counts(unlabeled, K) if unlabeled is not None else [0] * K,
         native_size=source.native_size, split_hash=split_hash(roles), indices=roles,
-        config=cfg.model_dump(mode="json"), seed=int(seed),
+        config=cfg.model_dump(mode="json"), seed=int(seed), skipped=list(source.skipped),
     )
 
 

@@ -4,16 +4,20 @@ weights, recompute its metrics (``ulfine eval RUN_DIR``)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, build_config, config_to_dict, deep_merge, load_saved_config, parse_overrides
 from ..errors import ConfigError, DataError
 from ..methods import Method
+from ..safefiles import atomic_write_text, refuse_pickles
 from .assemble import RunParts, assemble_run
 from .checkpoint import load_weights
 from .evaluation import EvalSets, build_eval_sets, evaluate_sets
-from .runtime import Runtime, make_runtime
+from .runtime import Runtime, make_runtime, resource_advice
+
+log = logging.getLogger("ulfine.engine")
 
 #: keys ``ulfine eval`` may change: where and how to compute, never what was trained
 EVAL_OVERRIDABLE = ("train.device", "train.precision", "data.root", "data.num_workers",
@@ -44,10 +48,13 @@ def saved_run_config(run_dir: Path, overrides: list[str] | None = None) -> Confi
 
 def load_run(run_dir: Path, overrides: list[str] | None = None) -> tuple[RunParts, Runtime, str]:
     """A finished run rebuilt by the assembly that trained it, with its evaluation weights loaded:
-    (parts, runtime, name of the weights file)."""
+    (parts, runtime, name of the weights file). A run folder holding a pickle is refused first
+    (:func:`ulfine.safefiles.refuse_pickles`): nothing in a run folder is ever executed."""
     run_dir = Path(run_dir)
+    refuse_pickles(run_dir)
     cfg = saved_run_config(run_dir, overrides)
     rt = make_runtime(cfg.train.device, cfg.train.precision)
+    log.info(rt.describe())
     parts = assemble_run(cfg, rt, run_dir)
     return parts, rt, load_run_weights(parts.method, run_dir)
 
@@ -64,15 +71,16 @@ def evaluate_run(run_dir: Path, split: str = "test", overrides: list[str] | None
     if split not in ("test", "val"):
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
     parts, rt, weights = load_run(run_dir, overrides)
-    sets = build_eval_sets(parts, rt)
-    if split == "val":
-        if sets.val is None:
-            raise ConfigError("this run has no validation split (data.val_per_class was 0)")
-        sets = EvalSets(sets.val, None, sets.unlabeled)
-    metrics = evaluate_sets(parts, sets, rt)
+    with resource_advice(parts.cfg):  # out of memory: name eval.batch_size and friends
+        sets = build_eval_sets(parts, rt)
+        if split == "val":
+            if sets.val is None:
+                raise ConfigError("this run has no validation split (data.val_per_class was 0)")
+            sets = EvalSets(sets.val, None, sets.unlabeled)
+        metrics = evaluate_sets(parts, sets, rt)
     metrics.update({"split": split, "weights": weights, "run_dir": str(run_dir)})
     if rt.is_main:
-        (run_dir / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_text(run_dir / f"eval_{split}.json", json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -16,6 +16,7 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 from ..config import Config
+from ..safefiles import atomic_write_text
 
 log = logging.getLogger("ulfine.engine")
 
@@ -36,6 +37,14 @@ def attach_file_log(run_dir: Path) -> logging.Handler:
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
     return handler
+
+
+def _kept(line: str, step: int) -> bool:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and entry.get("step", 0) <= step and not entry.get("final")
 
 
 class Reporter:
@@ -61,14 +70,13 @@ class Reporter:
             self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
 
     def _rewind_metrics(self, step: int) -> None:
-        """Keep only the metrics.jsonl evaluations made up to ``step`` (the resumed checkpoint)."""
+        """Keep only the metrics.jsonl evaluations made up to ``step`` (the resumed checkpoint);
+        a line torn by a kill mid-write is dropped. Rewritten atomically."""
         path = self.run_dir / "metrics.jsonl"
         if not path.is_file():
             return
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= step
-                and not json.loads(line).get("final")]
-        path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line in path.read_text().splitlines() if _kept(line, step)]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
         if self.writer is None:

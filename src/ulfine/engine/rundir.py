@@ -1,19 +1,41 @@
-"""The run folder: where it is, whether a run may start or resume there, its saved config."""
+"""The run folder: where it is, whether a run may start or resume there, its saved config, and
+what is left of it when a fresh run fails."""
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, config_to_dict, load_saved_config, save_config
 from ..errors import ConfigError
+from ..registry import METHODS
+from ..safefiles import refuse_pickles, remove_temporaries
+from .checkpoint import find_checkpoint
 from .reporting import default_run_dir
 from .runtime import Runtime
 
+log = logging.getLogger("ulfine.engine")
+
 #: keys that may differ between an interrupted run and its resumption
 RESUMABLE_CHANGES = {"resume", "train.max_steps", "train.progress", "train.log_every",
-                     "train.checkpoint_every", "data.num_workers", "data.root", "data.augment_on",
-                     "output_dir"}
+                     "train.checkpoint_every", "train.checkpoint_every_steps", "train.on_nonfinite",
+                     "data.num_workers", "data.root", "data.augment_on", "output_dir"}
+FINAL_METRICS = "final_metrics.json"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A resolved run folder; ``created`` when this invocation made it (absent or empty before),
+    so a failure before its first checkpoint may remove it again; ``finished`` (the steps it took)
+    when resuming a run that has nothing left to do."""
+
+    path: Path
+    created: bool
+    finished: int | None = None
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -39,22 +61,54 @@ def check_resumable(cfg: Config, saved: Path) -> None:
         raise ConfigError(f"resume=true with a different config than {saved}: {', '.join(diff)}")
 
 
-def prepare_run_dir(cfg: Config, rt: Runtime) -> tuple[Config, Path]:
-    """Resolve output_dir (same on every rank), check resume compatibility, save config.yaml."""
+def prepare_run_dir(cfg: Config, rt: Runtime) -> tuple[Config, RunDir]:
+    """Resolve output_dir (same on every rank), check resume compatibility (and that the folder
+    holds no pickle), save config.yaml."""
     run_dir = Path(cfg.output_dir) if cfg.output_dir is not None else default_run_dir(cfg)
     run_dir = Path(rt.broadcast_object(str(run_dir)))
     cfg = cfg.model_copy(update={"output_dir": run_dir})
     saved = run_dir / "config.yaml"
     if cfg.resume:
         check_resumable(cfg, saved)
-    elif (run_dir / "checkpoint").exists() or (run_dir / "final_metrics.json").exists():
+        refuse_pickles(run_dir)
+    elif find_checkpoint(run_dir) is not None or (run_dir / FINAL_METRICS).exists():
         raise ConfigError(f"{run_dir} already holds a run; pass resume=true to continue it or "
                           "choose another output_dir")
-    if rt.is_main:
+    run = RunDir(run_dir, created=not run_dir.is_dir() or not any(run_dir.iterdir()),
+                 finished=finished_steps(cfg, run_dir) if cfg.resume else None)
+    if rt.is_main and run.finished is None:  # a finished run is left exactly as it is
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(run_dir)  # half-written files of a killed predecessor
         save_config(cfg, saved)
     rt.barrier()
-    return cfg, run_dir
+    return cfg, run
+
+
+def finished_steps(cfg: Config, run_dir: Path) -> int | None:
+    """The steps of a finished run that resuming would not extend (None if there is work left).
+
+    A run stopped by ``train.max_steps`` has ``final_metrics.json`` too; it is finished only if
+    the resumed config asks for no more steps than it took.
+    """
+    path = run_dir / FINAL_METRICS
+    if not path.is_file():
+        return None
+    try:
+        steps = int(json.loads(path.read_text())["steps"])
+    except (ValueError, KeyError, TypeError):
+        return None  # damaged: finish it again
+    budget = cfg.train.epochs * cfg.train.steps_per_epoch if METHODS.get(cfg.method).trains else 0
+    stop = min(budget, cfg.train.max_steps) if cfg.train.max_steps else budget
+    return steps if steps >= stop else None
+
+
+def discard_unfinished(run: RunDir) -> bool:
+    """After a fresh run failed: remove what it wrote unless a checkpoint makes it resumable."""
+    if not run.created or not run.path.is_dir() or find_checkpoint(run.path) is not None:
+        return False
+    shutil.rmtree(run.path)
+    log.info("removed the unfinished run folder %s (it failed before its first checkpoint)", run.path)
+    return True
 
 
 def check_batch(cfg: Config, world_size: int) -> int:
@@ -68,4 +122,5 @@ def check_batch(cfg: Config, world_size: int) -> int:
     return cfg.train.batch_size // parts
 
 
-__all__ = ["RESUMABLE_CHANGES", "check_batch", "check_resumable", "prepare_run_dir"]
+__all__ = ["FINAL_METRICS", "RESUMABLE_CHANGES", "RunDir", "check_batch", "check_resumable", "discard_unfinished",
+           "finished_steps", "prepare_run_dir"]

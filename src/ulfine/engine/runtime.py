@@ -7,9 +7,10 @@ process), and gives the autocast context that really enables bf16/fp16 (the dtyp
 
 from __future__ import annotations
 
-import logging
+import errno
 import warnings
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +19,10 @@ import torch.distributed as dist
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState, GradientState
 
+from ..config import Config
+from ..errors import ResourceError
 from ..methods.base import Collectives, LocalCollectives
 from .precision import ACCELERATE_NAMES, AUTOCAST_DTYPES, resolve_device, resolve_precision
-
-log = logging.getLogger("ulfine.engine")
 
 
 class TorchCollectives:
@@ -87,6 +88,18 @@ class Runtime:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_true(self, flag: torch.Tensor) -> bool:
+        """Whether a boolean scalar is true on every rank (one device sync; a collective)."""
+        flag = flag.to(torch.int32)
+        if self.world_size > 1 and dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag)
+
+    def describe(self) -> str:
+        """The line logged at the start of a run (device, processes, precision)."""
+        return (f"runtime: {self.device}, {self.world_size} process(es), precision {self.precision} "
+                f"(autocast dtype {self.autocast_dtype})")
+
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
 
@@ -117,12 +130,34 @@ def make_runtime(device: str, precision: str) -> Runtime:
         kwargs_handlers=[ddp],
         step_scheduler_with_optimizer=False,
     )
-    rt = Runtime(accelerator, prec)
-    log.info(
-        "runtime: %s, %d process(es), precision %s (autocast dtype %s)",
-        rt.device, rt.world_size, prec, rt.autocast_dtype,
-    )
-    return rt
+    return Runtime(accelerator, prec)
 
 
-__all__ = ["Runtime", "TorchCollectives", "make_runtime"]
+def out_of_memory_advice(cfg: Config, exc: BaseException) -> str:
+    """One line for an accelerator out-of-memory error: what ran out and the settings to change."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    t, o = cfg.train, cfg.optim
+    lighter = ", or train fewer weights (finetune=lft instead of fft)" if cfg.finetune == "fft" else ""
+    return (f"out of accelerator memory ({first}); lower train.batch_size (now {t.batch_size}) or raise "
+            f"optim.grad_accum (now {o.grad_accum}): the same samples per step in smaller micro-batches; use "
+            f"train.precision=bf16 (now {t.precision}); lower eval.batch_size (now {cfg.eval.batch_size}) "
+            f"if it failed while evaluating{lighter}")
+
+
+@contextmanager
+def resource_advice(cfg: Config) -> Iterator[None]:
+    """Turn running out of accelerator memory or disk space into a one-line ResourceError that
+    names the settings to change (the CLI prints it and exits non-zero)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise ResourceError(out_of_memory_advice(cfg, exc)) from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise ResourceError(f"out of disk space writing {exc.filename or 'a file'}; free space (or point "
+                            "output_dir / cache.dir elsewhere) and continue with resume=true") from None
+
+
+__all__ = ["Runtime", "TorchCollectives", "make_runtime", "out_of_memory_advice", "resource_advice"]

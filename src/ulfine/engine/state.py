@@ -26,6 +26,7 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_val: dict[str, Any] | None = None
     rng: dict[str, Any] | None = None
+    nonfinite_skipped: int = 0  # optimiser steps skipped for a non-finite loss (train.on_nonfinite=skip)
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint's entries (RNG states taken now)."""
@@ -36,7 +37,7 @@ class TrainState:
         """Read the entries of a checkpoint (older checkpoints may lack ``images_seen``)."""
         return cls(step=d["step"], train_seconds=d["train_seconds"],
                    images_seen=d.get("images_seen", _no_images()), history=d["history"],
-                   best_val=d.get("best_val"), rng=d["rng"])
+                   best_val=d.get("best_val"), rng=d["rng"], nonfinite_skipped=d.get("nonfinite_skipped", 0))
 
     def record(self, entry: dict[str, Any]) -> None:
         """Keep an evaluation in the history and update the validation selection."""

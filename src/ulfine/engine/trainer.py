@@ -30,18 +30,19 @@ from ..batch import Batch
 from ..config import Config
 from ..data import ssl_batches
 from ..data.device_augment import DeviceAugmenter
-from ..errors import ConfigError
+from ..errors import ConfigError, NumericalError
 from ..methods import METHODS, Method, StepOutput
+from ..safefiles import atomic_write_text
 from .assemble import RunParts, assemble_run, trainable_parameter_count
 from .cached import feature_batches, set_features
-from .checkpoint import load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint, save_weights
 from .ema import TrainableEMA
 from .evaluation import build_eval_sets, evaluate_sets
 from .metrics import mean_of_last
 from .optim import build_optimizer, build_scheduler
 from .reporting import Reporter, attach_file_log, print_summary
-from .rundir import check_batch, prepare_run_dir
-from .runtime import Runtime, make_runtime
+from .rundir import FINAL_METRICS, check_batch, discard_unfinished, prepare_run_dir
+from .runtime import Runtime, make_runtime, resource_advice
 from .seeding import set_rng_state
 from .state import TrainState, compact, update_best
 
@@ -88,6 +89,10 @@ def device_utilization(device: torch.device) -> float | None:
         return float(torch.cuda.utilization(device))
     except (ModuleNotFoundError, RuntimeError):  # pynvml missing or NVML unavailable
         return None
+def _terms(logs: list[dict[str, torch.Tensor | float]]) -> str:
+    """``loss=nan, loss_x=0.693, ...`` of the first micro-batch whose loss is not finite."""
+    bad = next((lg for lg in logs if not torch.isfinite(torch.as_tensor(_scalar(lg["loss"])))), logs[0])
+    return ", ".join(f"{k}={float(_scalar(v)):.4g}" for k, v in bad.items())
 
 
 def _cost(seen: dict[str, int], train_seconds: float, device: torch.device) -> dict[str, Any]:
@@ -115,6 +120,7 @@ class Trainer:
         self.ema: TrainableEMA | None = None
         self.model: nn.Module | None = None
         self.last_entry: dict[str, Any] | None = None
+        self.last_checkpoint: int | None = None  # step of the newest checkpoint on disk
         self.sets = build_eval_sets(parts, rt)
         self.reporter: Reporter | None = None
         self.augmenter = self._augmenter()
@@ -144,7 +150,7 @@ class Trainer:
 
     def resume(self) -> None:
         """Load weights, optimiser, schedule, scaler, EMA and :class:`TrainState` from checkpoint/."""
-        saved, ema_state = load_checkpoint(self.run_dir, self.method)
+        saved, ema_state, folder = load_checkpoint(self.run_dir, self.method)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = TrainState.from_dict(saved)
@@ -153,7 +159,11 @@ class Trainer:
             self.ema.load_state_dict(ema_state)
         if "scaler" in saved and self.rt.accelerator.scaler is not None:
             self.rt.accelerator.scaler.load_state_dict(saved["scaler"])
-        log.info("resumed from step %d", self.state.step)
+        self.last_checkpoint = self.state.step
+        log.info("resumed from %s/ (step %d)", folder.name, self.state.step)
+        if folder.name != CHECKPOINT_DIR:
+            log.warning("%s/ was incomplete or older (the last save was interrupted); resumed from %s/",
+                        CHECKPOINT_DIR, folder.name)
 
     def wrap(self) -> None:
         """Hand model and optimiser to Accelerate (DDP on several processes)."""
@@ -169,6 +179,8 @@ class Trainer:
         if not self.parts.feature_mode:
             batch = batch.map_images(self.parts.normalizer)
         micro = batch.split(cfg.optim.grad_accum)
+        buffers = self.buffer_snapshot() if cfg.train.on_nonfinite == "skip" else None
+        logs = []
         for i, batch in enumerate(micro):
             self.seen["labeled"] += batch.num_labeled
             self.seen["unlabeled"] += batch.num_unlabeled
@@ -177,18 +189,54 @@ class Trainer:
                 with rt.autocast():
                     loss, out = self.model(batch)
                 rt.accelerator.backward(loss / len(micro))
-            for k, v in _step_logs(loss, out).items():
-                window[k].append(_scalar(v))
-        if cfg.optim.clip_grad_norm:
-            rt.accelerator.clip_grad_norm_(self.method.parameters(), cfg.optim.clip_grad_norm)
-        self.optimizer.step()
+            logs.append(_step_logs(loss, out))
+        if self.finite([lg["loss"] for lg in logs]):
+            for lg in logs:
+                for k, v in lg.items():
+                    window[k].append(_scalar(v))
+            self.optimizer_step()
+        else:
+            self.on_nonfinite(logs, buffers)
         self.scheduler.step()
+        self.state.step += 1
+        return (host.num_labeled + host.num_unlabeled) * rt.world_size
+
+    def optimizer_step(self) -> None:
+        """Clip, step, zero the gradients, then the method's and the EMA's updates."""
+        if self.cfg.optim.clip_grad_norm:
+            self.rt.accelerator.clip_grad_norm_(self.method.parameters(), self.cfg.optim.clip_grad_norm)
+        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.method.after_optimizer_step()
         if self.ema is not None:
             self.ema.update()
-        self.state.step += 1
-        return (host.num_labeled + host.num_unlabeled) * rt.world_size
+
+    def finite(self, losses: list[torch.Tensor]) -> bool:
+        """Whether every micro-batch loss of every rank is finite (one scalar sync per step)."""
+        ok = torch.isfinite(torch.stack([loss.detach().float().reshape(()) for loss in losses])).all()
+        return self.rt.all_true(ok)
+
+    def buffer_snapshot(self) -> dict[str, torch.Tensor]:
+        """The method's buffers (e.g. PAF memories, updated in the forward), to undo a skipped step."""
+        return {n: b.detach().clone() for n, b in self.method.named_buffers()}
+
+    def on_nonfinite(self, logs: list[dict[str, torch.Tensor | float]],
+                     buffers: dict[str, torch.Tensor] | None) -> None:
+        """``train.on_nonfinite``: stop with a NumericalError, or drop this step's update (the
+        gradients, and the buffers the forward changed, from ``buffers``) and count it."""
+        where = f"non-finite loss at optimiser step {self.state.step + 1} ({_terms(logs)})"
+        if self.cfg.train.on_nonfinite == "stop" or buffers is None:
+            kept = (f"the last checkpoint (step {self.last_checkpoint}) in {self.run_dir / CHECKPOINT_DIR} is "
+                    "kept: continue it with resume=true train.on_nonfinite=skip"
+                    if self.last_checkpoint is not None else "no checkpoint was written yet")
+            raise NumericalError(f"{where}; stopped (train.on_nonfinite=stop): {kept}, or start again with a "
+                                 "lower optim.lr or with optim.clip_grad_norm")
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, b in self.method.named_buffers():
+                b.copy_(buffers[name])
+        self.state.nonfinite_skipped += 1
+        log.warning("%s: step skipped (train.on_nonfinite=skip; %d so far)", where, self.state.nonfinite_skipped)
 
     def batches(self) -> Iterator[Batch]:
         """This rank's endless stream from the current step: images, or labeled features."""
@@ -219,8 +267,20 @@ class Trainer:
         per_rank = self.rt.gather_objects(dict(self.seen))
         return {k: self.state.images_seen[k] + sum(r[k] for r in per_rank) for k in self.seen}
 
+    def check_weights_finite(self) -> None:
+        """A finite loss can still come with overflowing gradients: never checkpoint what followed."""
+        finite = torch.stack([torch.isfinite(p.detach()).all() for p in self.method.parameters() if p.requires_grad])
+        if not self.rt.all_true(finite.all()):
+            kept = ("none was saved" if self.last_checkpoint is None
+                    else f"the checkpoint of step {self.last_checkpoint} is kept")
+            raise NumericalError(f"the trained weights are not finite at step {self.state.step} (a finite loss with "
+                                 f"overflowing gradients); no checkpoint written, {kept}: lower optim.lr or set "
+                                 "optim.clip_grad_norm and start again")
+
     def checkpoint(self) -> None:
-        """Write the resumable checkpoint of the current step (every rank takes part)."""
+        """Write the resumable checkpoint of the current step (every rank takes part); never one
+        whose weights are not finite."""
+        self.check_weights_finite()
         images_seen = self.global_seen()
         if self.rt.is_main:
             state = {**self.state.to_dict(), "images_seen": images_seen,
@@ -229,11 +289,13 @@ class Trainer:
                 state["scaler"] = self.rt.accelerator.scaler.state_dict()
             save_checkpoint(self.run_dir, self.method, state,
                             self.ema.state_dict() if self.ema is not None else None)
+        self.last_checkpoint = self.state.step
         self.rt.barrier()
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> None:
-        """Train from the current step to :attr:`stop`, evaluating and checkpointing per epoch."""
+        """Train from the current step to :attr:`stop`, evaluating per epoch and checkpointing per
+        ``train.checkpoint_every`` epochs and ``train.checkpoint_every_steps`` steps."""
         self.method.train()
         stream = self.batches() if self.state.step < self.stop else iter(())
         window: dict[str, list[torch.Tensor | float]] = defaultdict(list)
@@ -253,15 +315,26 @@ class Trainer:
                 window.clear()
                 window_images, window_wait, t_window = 0, 0.0, time.perf_counter()
             self.reporter.progress(1, {})
-            if self.state.step % self.cfg.train.steps_per_epoch == 0:
+            epoch_end = self.state.step % self.cfg.train.steps_per_epoch == 0
+            if epoch_end:
                 self.end_of_epoch()
+            if self.state.step < self.stop and self.checkpoint_due(epoch_end):
+                self.checkpoint()
         self.checkpoint()  # the resumable state at the stop point (history: scheduled evals only)
+
+    def checkpoint_due(self, epoch_end: bool) -> bool:
+        """Every ``train.checkpoint_every`` epochs, and every ``train.checkpoint_every_steps`` steps."""
+        t, step = self.cfg.train, self.state.step
+        by_epoch = epoch_end and (step // t.steps_per_epoch) % t.checkpoint_every == 0
+        return by_epoch or bool(t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0)
 
     def log_window(self, window: dict[str, list[torch.Tensor | float]], images: int, waited: float,
                    seconds: float) -> None:
         """Means of the window's scalars (one device sync per window), lr, images/s, the fraction
         of the time spent waiting for data and the device's utilisation, to train.log,
         TensorBoard and the bar."""
+        if not window:  # every step of the window was skipped (train.on_nonfinite=skip)
+            return
         logs = {k: sum(float(x) for x in v) / len(v) for k, v in window.items()}
         logs["lr"] = self.scheduler.get_last_lr()[0]
         seconds = max(1e-9, seconds)
@@ -289,7 +362,7 @@ class Trainer:
                 f"(data.num_workers={self.cfg.data.num_workers}); {where}")
 
     def end_of_epoch(self) -> None:
-        """Scheduled evaluation and checkpoint at an epoch boundary."""
+        """Scheduled evaluation at an epoch boundary."""
         step, cfg = self.state.step, self.cfg
         epoch = step // cfg.train.steps_per_epoch
         if epoch % cfg.eval.every_epochs == 0 or step == self.total_steps:
@@ -299,21 +372,21 @@ class Trainer:
             self.reporter.evaluation(entry)
             log.info("epoch %d step %d: test acc %.4f balanced %.4f", epoch, step,
                      entry["overall_acc"], entry["balanced_acc"])
-        if epoch % cfg.train.checkpoint_every == 0 and step < self.stop:
-            self.checkpoint()
 
     # -- the end --------------------------------------------------------------------------------
     def final_metrics(self) -> dict[str, Any]:
         """The final model's evaluation (re-used when the last scheduled one was at this step)."""
+        series = list(self.state.history)
         if self.last_entry is not None and self.last_entry["step"] == self.state.step:
             final = self.last_entry
         else:  # the stop point is not a scheduled evaluation (max_steps, zero-shot, resumed at the end)
             final = self.evaluate()
-            self.reporter.evaluation({**final, "final": True})
+            if not series or series[-1]["step"] != self.state.step:  # not logged before the resume
+                self.reporter.evaluation({**final, "final": True})
         self.reporter.close()
         seen = self.global_seen()
-        final = {**final, "images_seen": seen, "cost": _cost(seen, self.state.train_seconds, self.rt.device)}
-        series = list(self.state.history)
+        final = {**final, "images_seen": seen, "cost": _cost(seen, self.state.train_seconds, self.rt.device),
+                 "nonfinite_skipped_steps": self.state.nonfinite_skipped}
         if not series or series[-1]["step"] != self.state.step:
             series.append(compact(final))
         final.pop("final", None)
@@ -340,7 +413,7 @@ class Trainer:
             save_weights(self.method, self.run_dir / "weights.safetensors")
             if self.ema is not None:
                 save_weights(self.method, self.run_dir / "ema.safetensors", extra=self.ema.state_dict())
-            (self.run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+            atomic_write_text(self.run_dir / FINAL_METRICS, json.dumps(final, indent=2))  # written last
             if self.cfg.train.progress:
                 print_summary(final, self.run_dir)
             log.info("final: test acc %.4f, balanced %.4f; written to %s", final["overall_acc"],
@@ -365,6 +438,7 @@ def setup_trainer(cfg: Config, rt: Runtime, run_dir: Path) -> Trainer:
     parts = assemble_run(cfg, rt, run_dir if cfg.resume else None)
     if rt.is_main:
         parts.data.save_split(run_dir)
+        parts.data.save_skipped(run_dir)
     if cfg.train.compile and trains and not parts.feature_mode:
         parts.backbone.visual.compile()
         log.info("image tower compiled with torch.compile")
@@ -378,25 +452,42 @@ def setup_trainer(cfg: Config, rt: Runtime, run_dir: Path) -> Trainer:
     return trainer
 
 
+def _run(cfg: Config, rt: Runtime, run_dir: Path) -> Path:
+    """Train (or only evaluate) a run whose folder is ready."""
+    trainer = setup_trainer(cfg, rt, run_dir)
+    trainer.reporter = Reporter(run_dir, rt.is_main, cfg.train.progress, trainer.stop, trainer.state.step)
+    if trainer.optimizer is not None:  # zero-shot and the like: evaluate-only, same finish()
+        trainer.fit()
+    return trainer.finish()
+
+
 def train(cfg: Config) -> Path:
     """Train (or, for methods that do not train, just evaluate) ``cfg``; returns the run folder.
 
     Writes config.yaml, split.json, train.log, metrics.jsonl, tb/, checkpoint/,
-    weights.safetensors (+ ema.safetensors) and final_metrics.json (see docs/engine.md).
+    weights.safetensors (+ ema.safetensors) and final_metrics.json (see docs/engine.md). Resuming
+    a finished run does nothing; a fresh run that fails before its first checkpoint removes its
+    folder; running out of memory or disk raises a ResourceError naming the settings to change.
     """
     rt = make_runtime(cfg.train.device, cfg.train.precision)
-    cfg, run_dir = prepare_run_dir(cfg, rt)
-    handler = attach_file_log(run_dir) if rt.is_main else None
+    cfg, run = prepare_run_dir(cfg, rt)
+    if run.finished is not None:
+        log.warning("%s already finished (%d steps, %s): nothing to do", run.path, run.finished, FINAL_METRICS)
+        return run.path
+    handler = attach_file_log(run.path) if rt.is_main else None
+    log.info(rt.describe())
+    done = False
     try:
-        trainer = setup_trainer(cfg, rt, run_dir)
-        trainer.reporter = Reporter(run_dir, rt.is_main, cfg.train.progress, trainer.stop, trainer.state.step)
-        if trainer.optimizer is not None:  # zero-shot and the like: evaluate-only, same finish()
-            trainer.fit()
-        return trainer.finish()
+        with resource_advice(cfg):
+            result = _run(cfg, rt, run.path)
+        done = True
+        return result
     finally:
         if handler is not None:
             logging.getLogger("ulfine").removeHandler(handler)
             handler.close()
+        if not done and rt.is_main and not cfg.resume:
+            discard_unfinished(run)
 
 
 __all__ = ["StepModule", "Trainer", "setup_trainer", "train"]

@@ -34,9 +34,10 @@ class DeviceNormalizer(nn.Module):
     """uint8 (B, 3, h, w) on the device -> normalised float (B, 3, size, size).
 
     ``mean``/``std``/``interpolation`` come from the backbone's preprocessing config (CLIP's own
-    statistics, never CIFAR's). Resizing uses antialiasing (it only matters when downsampling),
-    and bicubic overshoot is clamped to [0, 1] as PIL does on uint8 images. On the CPU a uint8
-    batch is resized as uint8 (rounded as PIL does; about 3x faster), on accelerators in float.
+    statistics, never CIFAR's). Resizing uses antialiasing (it only matters when downsampling)
+    and follows PIL, the reference of CLIP's preprocessing: on the CPU a uint8 batch is resized as
+    uint8 (torch's PIL-like kernels, about 3x faster), elsewhere in float by :meth:`resize_float`,
+    which matches PIL to about one grey level (tests/data/test_views_loaders.py).
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
@@ -54,22 +55,32 @@ class DeviceNormalizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, h, w) batch, got shape {tuple(x.shape)}")
-        resize = x.shape[-2:] != (self.size, self.size)
-        if resize and x.dtype == torch.uint8 and x.device.type == "cpu":
-            # CPU: resize the uint8 batch itself in channels-last layout (torch's vectorised
-            # uint8 kernels, 20-40x faster than float; rounded and clamped as PIL does).
-            x = x.contiguous(memory_format=torch.channels_last)
-            x = TF.resize(x, [self.size, self.size], interpolation=self.interpolation, antialias=True)
-            resize = False
-        if x.dtype == torch.uint8 and not resize:
+        if x.shape[-2:] != (self.size, self.size):
+            if x.dtype == torch.uint8 and x.device.type == "cpu":
+                # channels-last uint8: torch's vectorised kernels, 20-40x faster than float,
+                # rounded and clamped as PIL does
+                x = TF.resize(x.contiguous(memory_format=torch.channels_last), [self.size, self.size],
+                              interpolation=self.interpolation, antialias=True)
+            else:
+                x = self.resize_float(x)
+        if x.dtype == torch.uint8:
             # (x / 255 - mean) / std as one scale and one shift, in place on the float copy
             return x.to(self.mean.dtype).mul_(self.scale_u8).sub_(self.shift)
+        return (x.to(self.mean.dtype) - self.mean) / self.std
+
+    def resize_float(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize in float (uint8 input is scaled to [0, 1]): the path accelerators take.
+
+        Width first, then height, clamping to [0, 1] in between, as PIL's two uint8 passes do: a
+        single 2-D float resize carries the first pass's bicubic overshoot into the second and
+        ends up to 24 grey levels away from PIL on sharp edges and noise.
+        """
         out = x.to(self.mean.dtype) / 255.0 if x.dtype == torch.uint8 else x.to(self.mean.dtype)
-        if resize:
-            out = TF.resize(out, [self.size, self.size], interpolation=self.interpolation, antialias=True)
+        for shape in ([out.shape[-2], self.size], [self.size, self.size]):
+            out = TF.resize(out, shape, interpolation=self.interpolation, antialias=True)
             if self.interpolation == InterpolationMode.BICUBIC:
                 out = out.clamp_(0.0, 1.0)
-        return (out - self.mean) / self.std
+        return out
 
     def extra_repr(self) -> str:
         return f"size={self.size}, interpolation={self.interpolation.value}"

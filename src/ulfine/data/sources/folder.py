@@ -8,15 +8,24 @@ Layout (each role is either a folder or a CSV list; the CSV wins when both exist
     ROOT/classes.txt               optional: one class name per line, line order = index
 
 CSV paths are relative to ROOT (or absolute); labels are class names (or indices when
-classes.txt exists); a header line ``path,label`` is allowed. Without classes.txt the classes
-are the sorted folder names of ``labeled/`` (or the sorted labels of labeled.csv). Unlabeled
-images get label -1 unless the CSV gives one (diagnostics only). Images are decoded lazily and
-resized to ``data.image_size`` (default 64) square.
+classes.txt exists); a header line ``path,label`` is allowed; text files are UTF-8 (a BOM is
+accepted). Without classes.txt the classes are the sorted folder names of ``labeled/`` (or the
+sorted labels of labeled.csv). Unlabeled images get label -1 unless the CSV gives one
+(diagnostics only). Images are resized to ``data.image_size`` (default 64) square.
+
+Every file is decoded once when the dataset is read (:func:`~ulfine.data.decode.scan_images`):
+with ``data.on_bad_image=fail`` an unreadable file stops the run naming it, with ``skip`` it is
+left out and listed (``SourceData.skipped``, written to the run folder). Empty class folders,
+test classes that the labeled set lacks, class names that CLIP could not tell apart and names
+that are not UTF-8 fail with a message naming the folder or file and the fix.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,36 +33,66 @@ import numpy as np
 from ...config import DataConfig
 from ...errors import DataError
 from ..base import DATASETS, UNKNOWN_LABEL, DatasetSpec, ImageSet, SourceData
-from ._common import list_images
+from ..decode import scan_images
+from ._common import IMAGE_SUFFIXES, list_images
+
+log = logging.getLogger("ulfine.data")
 
 DEFAULT_SIZE = 64
 HOW = "see docs/datasets.md (folder layout: labeled/<class>/, unlabeled/, test/<class>/)"
+Rows = list[tuple[Path, str | None]]
 
 
-def _read_csv(path: Path, root: Path, allow_unlabeled: bool) -> list[tuple[Path, str | None]]:
-    rows: list[tuple[Path, str | None]] = []
-    with path.open(newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh), start=1):
-            if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
-                continue
-            if lineno == 1 and row[0].strip().lower() == "path":
-                continue
-            label = row[1].strip() if len(row) > 1 and row[1].strip() else None
-            if label is None and not allow_unlabeled:
-                raise DataError(f"folder: {path} line {lineno} has no label; write `path,label`")
-            img = Path(row[0].strip())
-            rows.append((img if img.is_absolute() else root / img, label))
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file (BOM accepted), or a DataError naming the line that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DataError(f"folder: {path} line {line} is not UTF-8 text; save the file as UTF-8") from None
+
+
+def _read_csv(path: Path, root: Path, allow_unlabeled: bool) -> Rows:
+    rows: Rows = []
+    for lineno, row in enumerate(csv.reader(io.StringIO(_read_text(path), newline="")), start=1):
+        if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
+            continue
+        if lineno == 1 and row[0].strip().lower() == "path":
+            continue
+        label = row[1].strip() if len(row) > 1 and row[1].strip() else None
+        if label is None and not allow_unlabeled:
+            raise DataError(f"folder: {path} line {lineno} has no label; write `path,label`")
+        img = Path(row[0].strip())
+        rows.append((img if img.is_absolute() else root / img, label))
     return rows
 
 
-def _folder_rows(folder: Path) -> list[tuple[Path, str | None]]:
-    rows: list[tuple[Path, str | None]] = []
+def _utf8_name(folder: Path) -> str:
+    """The folder's name; a DataError when it is not valid UTF-8 (CLIP's tokenizer reads it)."""
+    try:
+        folder.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"folder: the name of class folder {os.fsencode(folder)!r} is not valid UTF-8; "
+                        "rename the folder (class names are read by CLIP)") from None
+    return folder.name
+
+
+def _folder_rows(folder: Path) -> Rows:
+    rows: Rows = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        rows += [(img, sub.name) for img in list_images(sub)]
+        name = _utf8_name(sub)
+        images = list_images(sub)
+        if not images:
+            others = [p.name for p in sub.rglob("*") if p.is_file()]
+            found = f" (it holds {len(others)} other file(s), e.g. {others[0]})" if others else ""
+            raise DataError(f"folder: class folder {sub} holds no image files{found}; add images "
+                            f"({' '.join(sorted(IMAGE_SUFFIXES))}) or remove the folder")
+        rows += [(img, name) for img in images]
     return rows
 
 
-def _role(root: Path, role: str, required: bool) -> list[tuple[Path, str | None]] | None:
+def _role(root: Path, role: str, required: bool) -> Rows | None:
     csv_path, folder = root / f"{role}.csv", root / role
     if csv_path.is_file():
         return _read_csv(csv_path, root, allow_unlabeled=role == "unlabeled")
@@ -66,27 +105,68 @@ def _role(root: Path, role: str, required: bool) -> list[tuple[Path, str | None]
     return None
 
 
-def _class_names(root: Path, labeled: list[tuple[Path, str | None]]) -> list[str]:
+def _check_names(names: list[str], source: Path) -> list[str]:
+    """Class names must differ for CLIP: not repeated, nor equal up to case, spaces or underscores."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = " ".join(name.replace("_", " ").split()).casefold()
+        if key in seen:
+            how = "twice" if seen[key] == name else f"as {seen[key]!r} and {name!r}, which CLIP reads alike"
+            raise DataError(f"folder: class {name!r} appears {how} in {source}; rename or merge the classes")
+        seen[key] = name
+    return names
+
+
+def _class_names(root: Path, labeled: Rows) -> list[str]:
     listed = root / "classes.txt"
     if listed.is_file():
-        return [ln.strip() for ln in listed.read_text().splitlines() if ln.strip()]
-    return sorted({label for _, label in labeled if label is not None})
+        names = [ln.strip() for ln in _read_text(listed).splitlines() if ln.strip()]
+        return _check_names(names, listed)
+    return _check_names(sorted({label for _, label in labeled if label is not None}), root / "labeled")
 
 
-def _to_set(rows: list[tuple[Path, str | None]], names: list[str], role: str, size: int) -> ImageSet:
+def _label(label: str, index: dict[str, int], k: int) -> int | None:
+    if label in index:
+        return index[label]
+    if label.lstrip("-").isdigit() and -1 <= int(label) < k:
+        return int(label)
+    return None
+
+
+def _to_set(rows: Rows, names: list[str], role: str, size: int) -> ImageSet:
     index = {name: k for k, name in enumerate(names)}
-    labels = np.empty(len(rows), dtype=np.int64)
+    labels = np.full(len(rows), UNKNOWN_LABEL, dtype=np.int64)
+    unknown: dict[str, list[Path]] = {}
     for i, (path, label) in enumerate(rows):
-        if label is None:
-            labels[i] = UNKNOWN_LABEL
-        elif label in index:
-            labels[i] = index[label]
-        elif label.lstrip("-").isdigit() and -1 <= int(label) < len(names):
-            labels[i] = int(label)
+        k = UNKNOWN_LABEL if label is None else _label(label, index, len(names))
+        if k is None:
+            unknown.setdefault(str(label), []).append(path)
         else:
-            raise DataError(f"folder: {role} image {path} has label {label!r}, which is not one of "
-                            f"the {len(names)} classes ({', '.join(names[:5])}, ...)")
+            labels[i] = k
+    if unknown:
+        label, paths = next(iter(unknown.items()))
+        raise DataError(f"folder: {role} class {label!r} ({len(paths)} image(s), e.g. {paths[0]}) is not one "
+                        f"of the {len(names)} labeled classes ({', '.join(names[:5])}, ...); add labeled "
+                        "images of it, list it in classes.txt, or remove it from the " + role + " set")
     return ImageSet([p for p, _ in rows], labels, size)
+
+
+def _screen(roles: dict[str, Rows], cfg: DataConfig) -> tuple[dict[str, Rows], list[dict[str, str]]]:
+    """Decode every file once; fail on unreadable ones or leave them out (``data.on_bad_image``)."""
+    paths = list(dict.fromkeys(p for rows in roles.values() for p, _ in rows))
+    bad = scan_images(paths, "folder images")
+    if not bad:
+        return roles, []
+    if cfg.on_bad_image == "fail":
+        first = next(iter(bad))
+        raise DataError(f"folder: {len(bad)} of {len(paths)} image files under {cfg.root} cannot be read, "
+                        f"e.g. {first} ({bad[first]}); replace or delete them, or set data.on_bad_image=skip "
+                        "to leave them out (they are then listed in the run folder's skipped_images.json)")
+    skipped = [{"path": str(p), "role": role, "problem": bad[p]}
+               for role, rows in roles.items() for p, _ in rows if p in bad]
+    log.warning("folder: left out %d unreadable image file(s) under %s (data.on_bad_image=skip), e.g. %s",
+                len(skipped), cfg.root, skipped[0]["path"])
+    return {role: [r for r in rows if r[0] not in bad] for role, rows in roles.items()}, skipped
 
 
 def read_folder(cfg: DataConfig) -> SourceData:
@@ -96,24 +176,17 @@ def read_folder(cfg: DataConfig) -> SourceData:
         raise DataError(f"folder: data.root={root} is not a folder; point data.root at the folder "
                         f"holding labeled/ and test/ ({HOW})")
     size = cfg.image_size or DEFAULT_SIZE
-    labeled = _role(root, "labeled", required=True)
-    test = _role(root, "test", required=True)
-    unlabeled = _role(root, "unlabeled", required=False)
-    assert labeled is not None and test is not None
-    names = _class_names(root, labeled)
-    if not labeled or not names:
+    roles = {role: _role(root, role, required=role != "unlabeled") for role in ("labeled", "test", "unlabeled")}
+    listed = {role: rows for role, rows in roles.items() if rows}
+    if "labeled" not in listed:
         raise DataError(f"folder: no labeled images found under {root}; {HOW}")
-    missing_files = [p for p, _ in labeled[:1] + test[:1] + (unlabeled or [])[:1] if not p.is_file()]
-    if missing_files:
-        raise DataError(f"folder: listed image {missing_files[0]} does not exist; fix the CSV paths "
-                        "(relative to data.root)")
-    return SourceData(
-        "folder", names,
-        _to_set(labeled, names, "labeled", size),
-        _to_set(test, names, "test", size),
-        _to_set(unlabeled, names, "unlabeled", size) if unlabeled else None,
-        size,
-    )
+    names = _class_names(root, listed["labeled"])
+    kept, skipped = _screen(listed, cfg)
+    sets = {role: _to_set(rows, names, role, size) for role, rows in kept.items()}
+    if "test" not in sets:
+        raise DataError(f"folder: no test images found under {root}; {HOW}")
+    return SourceData("folder", names, sets["labeled"], sets["test"], sets.get("unlabeled"), size,
+                      skipped=skipped)
 
 
 DATASETS.register("folder")(DatasetSpec(
