@@ -19,6 +19,8 @@ from ..registry import DATASETS as _DATASETS
 from ..registry import Registry
 
 if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
     from ..config import DataConfig
 
 UNKNOWN_LABEL = -1
@@ -68,6 +70,20 @@ class StoredArray:
         return state
 
 
+def image_array(img: "PILImage", size: int | None = None) -> np.ndarray:
+    """A PIL image as uint8 (H, W, 3) RGB, squashed to ``size`` x ``size`` (bicubic) when given.
+
+    Why one function: file datasets, the evaluation set and ``ulfine predict`` must turn a file
+    into pixels the same way, or a model sees other images at prediction than at evaluation.
+    """
+    from PIL import Image
+
+    img = img.convert("RGB")
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
 @dataclass
 class ImageSet:
     """Images of one role and their labels.
@@ -94,10 +110,7 @@ class ImageSet:
         from PIL import Image
 
         with Image.open(self.images[index]) as img:
-            img = img.convert("RGB")
-            if self.image_size is not None and img.size != (self.image_size, self.image_size):
-                img = img.resize((self.image_size, self.image_size), Image.BICUBIC)
-            return np.asarray(img, dtype=np.uint8)
+            return image_array(img, self.image_size)
 
     def subset(self, indices: np.ndarray) -> ImageSet:
         """The images at ``indices`` (order kept)."""

@@ -39,10 +39,15 @@ def save_weights(method: nn.Module, path: Path, extra: dict[str, torch.Tensor] |
     save_file(state, str(path))
 
 
-@torch.no_grad()
 def load_weights(method: nn.Module, path: Path) -> None:
     """Copy a weights file into ``method``; every tensor in the file must exist with its shape."""
-    state = load_file(str(path))
+    load_state(method, load_file(str(path)), path)
+
+
+@torch.no_grad()
+def load_state(method: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy named tensors (e.g. a model folder's) into ``method``'s parameters and buffers;
+    ``path`` names their file in errors."""
     targets = dict(method.named_parameters())
     targets.update(dict(method.named_buffers()))
     missing = [n for n in state if n not in targets]
@@ -88,5 +93,5 @@ def load_checkpoint(run_dir: Path, method: nn.Module) -> tuple[dict[str, Any], d
     return state, ema
 
 
-__all__ = ["CHECKPOINT_DIR", "load_checkpoint", "load_weights", "save_checkpoint", "save_weights",
+__all__ = ["CHECKPOINT_DIR", "load_checkpoint", "load_state", "load_weights", "save_checkpoint", "save_weights",
            "weight_state"]

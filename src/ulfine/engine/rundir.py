@@ -3,35 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ..config import Config, config_to_dict, load_saved_config, save_config
 from ..errors import ConfigError
+from ..jsonable import flatten
 from .reporting import default_run_dir
 from .runtime import Runtime
 
 #: keys that may differ between an interrupted run and its resumption
 RESUMABLE_CHANGES = {"resume", "train.max_steps", "train.progress", "train.log_every",
-                     "train.checkpoint_every", "data.num_workers", "data.root", "output_dir"}
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+                     "train.checkpoint_every", "train.log_with", "data.num_workers", "data.root", "output_dir"}
 
 
 def check_resumable(cfg: Config, saved: Path) -> None:
     """A resumed run must have the config it started with, except :data:`RESUMABLE_CHANGES`."""
     if not saved.is_file():
         raise ConfigError(f"resume=true but {saved.parent} holds no run (config.yaml missing)")
-    old = _flatten(config_to_dict(load_saved_config(saved)))
-    new = _flatten(config_to_dict(cfg))
+    old = flatten(config_to_dict(load_saved_config(saved)))
+    new = flatten(config_to_dict(cfg))
     diff = sorted(k for k in set(old) | set(new)
                   if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if diff:

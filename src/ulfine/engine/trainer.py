@@ -38,7 +38,7 @@ from .ema import TrainableEMA
 from .evaluation import build_eval_sets, evaluate_sets
 from .metrics import mean_of_last
 from .optim import build_optimizer, build_scheduler
-from .reporting import Reporter, attach_file_log, print_summary
+from .reporting import Reporter, attach_file_log, check_trackers, print_summary
 from .rundir import check_batch, prepare_run_dir
 from .runtime import Runtime, make_runtime
 from .seeding import set_rng_state
@@ -322,12 +322,13 @@ def train(cfg: Config) -> Path:
     Writes config.yaml, split.json, train.log, metrics.jsonl, tb/, checkpoint/,
     weights.safetensors (+ ema.safetensors) and final_metrics.json (see docs/engine.md).
     """
+    check_trackers(cfg.train.log_with)
     rt = make_runtime(cfg.train.device, cfg.train.precision)
     cfg, run_dir = prepare_run_dir(cfg, rt)
     handler = attach_file_log(run_dir) if rt.is_main else None
     try:
         trainer = _trainer(cfg, rt, run_dir)
-        trainer.reporter = Reporter(run_dir, rt.is_main, cfg.train.progress, trainer.stop, trainer.state.step)
+        trainer.reporter = Reporter(run_dir, rt.is_main, cfg.train.progress, trainer.stop, trainer.state.step, cfg)
         if trainer.optimizer is not None:  # zero-shot and the like: evaluate-only, same finish()
             trainer.fit()
         return trainer.finish()
