@@ -58,3 +58,18 @@ def test_mlflow_file_store_in_the_run_folder(tmp_path: Path, monkeypatch: pytest
     assert logged.data.metrics["test/overall_acc"] == pytest.approx(evaluation["overall_acc"])
     assert logged.data.params["method"] == "supervised" and logged.data.params["train.log_with"] == "['mlflow']"
     assert not (run / "tb").exists()
+
+
+def test_wandb_offline_run_in_the_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = train(tiny_config(tmp_path, "method=supervised", "train.log_with=wandb"))
+    (log,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
+    data = log.read_bytes()  # W&B's record log: protobuf items, a key then its value as JSON (field 16)
+    final = json.loads((run / "final_metrics.json").read_text())
+    for key, value in (("final/overall_acc", final["overall_acc"]), ("final/tail_acc", final["group_acc"]["tail"])):
+        at = data.index(key.encode()) + len(key)
+        assert data[at : at + 2] == b"\x82\x01"  # the value_json field follows the key
+        assert json.loads(data[at + 3 : at + 3 + data[at + 2]]) == pytest.approx(value)
+    assert b"test/overall_acc" in data and b"train/loss" in data

@@ -79,8 +79,8 @@ def _head(spec: Mapping[str, Any]) -> list[str]:
         f"Method `{cfg['method']}` with fine-tuning `{spec['finetune']}` on the CLIP image tower `{bb['arch']}` "
         f"(weights `{bb['pretrained']}`, {kept}; fingerprint `{bb['fingerprint']}`). Exported by ulfine "
         f"{spec['ulfine_version']} from `{spec['source_run']}`.", "",
-        "## Use", "", "```bash", f"ulfine predict {spec['name']} path/to/images --topk 5 --out predictions.csv",
-        "```", "", "```python", "import ulfine", f'clf = ulfine.load("{spec["name"]}")',
+        "## Use", "", "```bash", "ulfine predict MODEL_DIR path/to/images --topk 5 --out predictions.csv",
+        "```", "", "```python", "import ulfine", 'clf = ulfine.load("MODEL_DIR")',
         'clf.predict(["image.jpg"], topk=5)   # [Prediction(labels=[...], indices=[...], probs=[...])]', "```", "",
         f"Images are read as RGB, squashed to {pp['input_size']} px (bicubic, as the training data was), then "
         f"resized to {pp['size']} px and normalised with the backbone's mean and std.", "",
@@ -94,7 +94,7 @@ def _data(spec: Mapping[str, Any], split: Mapping[str, Any]) -> list[str]:
         "## Training data", "",
         f"Dataset `{spec['run_config']['data']['dataset']}`, split seed {split.get('seed', '-')} (hash "
         f"`{str(split.get('hash', ''))[:12]}`): {sum(labeled)} labeled and {spec.get('num_unlabeled', 0)} unlabeled "
-        "images; per class, head to tail as drawn (unlabeled per-class counts are ground truth, where known):", "",
+        "images; per class, in index order (unlabeled per-class counts are ground truth, shown where known):", "",
         *_counts_table(spec["class_names"], labeled, counts.get("unlabeled")), "",
     ]
 

@@ -23,6 +23,7 @@ import yaml
 from ..errors import DataError
 from . import report_plots as rp
 from .results import METRICS_FILE
+from .run_table import method_label
 
 REPORT_DIR = "report"
 
@@ -60,8 +61,7 @@ class RunFiles:
 
     @property
     def title(self) -> str:
-        c = self.config
-        return str(c.get("method")) if c.get("method") == "zeroshot" else f"{c.get('method')} ({c.get('finetune')})"
+        return method_label(self.config)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import yaml
 
 from ..errors import DataError
 from ..jsonable import flatten
+from ..registry import METHODS, load_builtins
 from .results import METRICS_FILE, Cell, RunRecord, pivot, pivot_csv, pivot_table
 
 By = Literal["preset", "method", "seed"]
@@ -42,10 +43,15 @@ class FinishedRun:
 
 
 def method_label(config: dict[str, Any]) -> str:
-    """``ulfine (lft/adaptformer)``: the method and how the tower was fine-tuned."""
+    """``ulfine (lft/adaptformer)``: the method and how the tower was fine-tuned (``zeroshot``
+    alone: a method that does not train fine-tunes nothing)."""
+    method = config.get("method", "?")
+    load_builtins()
+    if method in METHODS and not METHODS.get(method).trains:
+        return str(method)
     finetune = config.get("finetune", "?")
     how = f"{finetune}/{config.get('peft')}" if finetune == "lft" else finetune
-    return f"{config.get('method', '?')} ({how})"
+    return f"{method} ({how})"
 
 
 def read_run(run_dir: Path) -> FinishedRun:
