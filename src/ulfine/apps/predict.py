@@ -69,7 +69,8 @@ def predict_files(classifier: Classifier, files: Sequence[Path], topk: int = 5, 
     """One :class:`FileResult` per file, in order; unreadable files are warned about on stderr
     (one line each)."""
     results: list[FileResult] = []
-    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, file=sys.stderr)
+    # the bar only on a terminal (disable=None), so logs and CI output stay clean
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=None if progress else True, file=sys.stderr)
     for chunk in _chunks(files, batch_size):
         decoded = [(f, _decode(f, classifier.input_size)) for f in chunk]
         good = [(f, px) for f, px in decoded if isinstance(px, np.ndarray)]

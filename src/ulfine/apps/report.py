@@ -48,7 +48,7 @@ class RunFiles:
         lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
         history = [json.loads(line) for line in lines if line.strip()]
         return cls(run_dir, yaml.safe_load((run_dir / "config.yaml").read_text()),
-                   json.loads((run_dir / METRICS_FILE).read_text()), history or [],
+                   json.loads((run_dir / METRICS_FILE).read_text()), history,
                    json.loads((run_dir / "split.json").read_text()))
 
     def axis(self) -> rp.ClassAxis:
@@ -80,7 +80,7 @@ def _per_class(run: RunFiles, path: Path) -> Path | str:
 def _pseudo_labels(run: RunFiles, path: Path) -> Path | str:
     evals = [e for e in run.evaluations() if e.get("pseudo_labels")]
     if not evals:
-        return "no pseudo-label diagnostics: the unlabeled images' labels are unknown (or there are none)"
+        return "no pseudo-label diagnostics: the unlabeled images have no known labels, or there are none"
     per = [e["pseudo_labels"]["per_class"] for e in evals]
     return rp.plot_pseudo_labels(run.axis(), [e.get("step", 0) for e in evals], [p["precision"] for p in per],
                                  [p["recall"] for p in per], path, run.title)
