@@ -62,22 +62,31 @@ def exported(ulfine_run: Path, feature_run: Path, tmp_path_factory: pytest.TempP
     return {"ulfine": out / "ulfine_model", "features": out / "feature_model"}
 
 
-@pytest.mark.parametrize("which", ["ulfine", "features"])
 def test_same_topk_from_run_folder_model_folder_in_a_fresh_process_and_python_api(
-        which: str, ulfine_run: Path, feature_run: Path, exported: dict[str, Path], tmp_path: Path) -> None:
-    run_dir, model_dir = {"ulfine": ulfine_run, "features": feature_run}[which], exported[which]
-    files = _images(run_dir, tmp_path / "images")
-    from_run = ulfine.load(run_dir, device="cpu").predict(files, topk=3)
-    api = ulfine.load(model_dir, device="cpu")
+        ulfine_run: Path, exported: dict[str, Path], tmp_path: Path) -> None:
+    files = _images(ulfine_run, tmp_path / "images")
+    from_run = ulfine.load(ulfine_run, device="cpu").predict(files, topk=3)
+    api = ulfine.load(exported["ulfine"], device="cpu")
     from_api = api.predict([Image.open(f) for f in files], topk=3)  # PIL images this time
-    from_cli = _cli_predict(model_dir, files, tmp_path / "p.json", topk=3)
+    from_cli = _cli_predict(exported["ulfine"], files, tmp_path / "p.json", topk=3)
     assert [r["filename"] for r in from_cli] == [str(f) for f in files]
     for a, b, c in zip(from_run, from_api, from_cli):
         assert a.labels == b.labels == c["labels"]
         np.testing.assert_allclose(a.probs, b.probs, atol=PROB_ATOL)
         np.testing.assert_allclose(a.probs, c["probs"], atol=PROB_ATOL)
     assert len({tuple(p.labels) for p in from_run}) > 1  # the images are told apart
-    assert api.class_names == json.loads((model_dir / CONFIG_FILE).read_text())["class_names"]
+    assert api.class_names == json.loads((exported["ulfine"] / CONFIG_FILE).read_text())["class_names"]
+
+
+def test_feature_mode_run_predicts_on_pixels_the_same_from_both_folders(
+        feature_run: Path, exported: dict[str, Path], tmp_path: Path) -> None:
+    """Trained on cached features, the method gets the real tower in both loaders."""
+    files = _images(feature_run, tmp_path / "images")
+    arrays = [np.asarray(Image.open(f)) for f in files]  # uint8 arrays this time
+    a = ulfine.load(feature_run, device="cpu").logits(arrays)
+    b = ulfine.load(exported["features"], device="cpu").logits(files)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert a.argmax(1).unique().numel() > 1
 
 
 def test_training_changed_what_the_model_folder_holds(exported: dict[str, Path]) -> None:

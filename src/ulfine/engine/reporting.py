@@ -138,9 +138,10 @@ class Reporter:
         """``prefix/key`` scalars (numbers only) to every tracker."""
         numbers = {f"{prefix}/{k}": v for k, v in values.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if not numbers:
+            return
         for tracker in self.trackers:
-            if numbers:
-                tracker.log(numbers, step=step)
+            tracker.log(numbers, step=step)
 
     def evaluation(self, entry: dict[str, Any]) -> None:
         """Append one evaluation to metrics.jsonl and the trackers."""
