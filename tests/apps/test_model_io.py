@@ -145,8 +145,8 @@ def test_other_backbone_weights_are_refused(exported: dict[str, Path], tmp_path:
 
 
 def test_onnx_graph_matches_pytorch(ulfine_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
+    for extra in ("onnx", "onnxruntime", "onnxscript"):  # ulfine[onnx], also in the test extra
+        pytest.importorskip(extra)
     from ulfine.apps.onnx_export import model_size_pixels, onnx_logits
 
     result = export_model(ulfine_run, tmp_path / "m", onnx=True)
@@ -160,3 +160,12 @@ def test_onnx_graph_matches_pytorch(ulfine_run: Path, tmp_path: Path, capsys: py
     assert got.shape == expected.shape == (7, 10)
     assert np.abs(got - expected).max() <= ONNX_ATOL
     assert expected.std() > 0.1  # logits that tell classes apart, not a constant
+
+
+def test_missing_onnx_extra_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ulfine.apps.onnx_export import _import_onnx
+    from ulfine.errors import UlfineError
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    with pytest.raises(UlfineError, match=r"onnxscript is missing\): pip install 'ulfine\[onnx\]'"):
+        _import_onnx()

@@ -36,6 +36,7 @@ def _import_onnx() -> tuple[object, object]:
     try:
         import onnx
         import onnxruntime
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as exc:
         raise UlfineError(f"ONNX export needs the onnx extra ({exc.name} is missing): "
                           "pip install 'ulfine[onnx]'") from None
