@@ -112,14 +112,16 @@ def test_missing_and_truncated_dataset_files_are_one_line_errors(tmp_path):
                               text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""}, timeout=120)
 
     missing = cli("train", "cifar10_n1500_m3000_g100_consistent", f"data.root={tmp_path}",
-                  "model.arch=ulfine-micro-vit", "model.pretrained=none", "train.progress=false")
+                  "model.arch=ulfine-micro-vit", "model.pretrained=none", "train.progress=false",
+                  f"output_dir={tmp_path / 'run1'}")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "cifar-10-batches-py" in missing.stderr and str(tmp_path) in missing.stderr
     base = tmp_path / "cifar-10-batches-py"
     base.mkdir()
     (base / "data_batch_1").write_bytes(pickle.dumps({"labels": [0] * 10, "data": np.zeros((10, 3072), np.uint8)})[:50])
     truncated = cli("train", "cifar10_n1500_m3000_g100_consistent", f"data.root={tmp_path}",
-                    "model.arch=ulfine-micro-vit", "model.pretrained=none", "train.progress=false")
+                    "model.arch=ulfine-micro-vit", "model.pretrained=none", "train.progress=false",
+                    f"output_dir={tmp_path / 'run2'}")
     assert truncated.returncode == 2 and "Traceback" not in truncated.stderr
     assert truncated.stderr.startswith("error: ") and truncated.stderr.count("\n") == 1
 
