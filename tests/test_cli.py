@@ -103,3 +103,21 @@ def test_bad_input_gets_one_line_error(capsys, argv, expected):
     assert code == 2
     assert err.startswith("error: ") and expected in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_train_takes_an_image_folder_or_no_preset(tmp_path):
+    from ulfine.cli import _train_args
+    from ulfine.config import load_config
+    from ulfine.engine.assemble import data_config
+
+    args = build_parser().parse_args(["train", "--data", str(tmp_path), "model.arch=ulfine-micro-vit"])
+    preset, overrides = _train_args(args)
+    cfg = load_config(preset, overrides)
+    assert (cfg.preset, cfg.data.dataset, cfg.data.root, cfg.method) == ("folder", "folder", tmp_path, "ulfine")
+    assert cfg.data.num_labeled_head is None and cfg.data.num_unlabeled_head is None
+    assert data_config(cfg).image_size == 32  # the micro ViT's input size: images are resized once
+    assert data_config(load_config("folder", ["model.arch=ViT-B-16"])).image_size == 224
+    assert data_config(load_config("folder", ["data.image_size=48"])).image_size == 48
+    assert data_config(load_config("cifar10_n500_m4000_g100_consistent")).image_size is None  # native 32 px
+    assert _train_args(build_parser().parse_args(["train", "method=supervised", "seed=1"])) == (
+        None, ["method=supervised", "seed=1"])

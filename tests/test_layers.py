@@ -13,11 +13,19 @@ Every module under ``src/ulfine`` is parsed with ``ast`` (nothing is imported); 
 ``import``/``from ... import`` anywhere in it counts, relative ones resolved, including those
 inside functions and under ``if TYPE_CHECKING:``. One test per top-level unit, so a failure says
 whose modules break the rule; its message lists every offending import with file and line.
+
+One deliberate exception, outside the import statements this checker reads: ``ulfine.load`` is
+resolved on first attribute access by ``ulfine/__init__.py`` (PEP 562 ``__getattr__``, importing
+``ulfine.apps.model_io`` by name), the way open_clip and timm expose their top-level API. Importing
+``ulfine`` therefore imports nothing of a higher layer; :func:`test_import_ulfine_stays_light`
+checks it in a fresh process.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,3 +165,14 @@ def test_every_layer_is_known_and_ordered() -> None:
     assert layer_of("ulfine") == 0 and layer_of("ulfine.microworld.task") == 2
     assert layer_of("ulfine.apps.demo") == layer_of("ulfine.cli") == layer_of("ulfine.__main__") == 4
     assert all(unit in LAYERS or layer_of(f"ulfine.{unit}") == TOP_LAYER for unit in UNITS)
+
+
+def test_import_ulfine_stays_light() -> None:
+    code = ("import sys, ulfine; loaded = [m for m in sys.modules if m.startswith(('ulfine.', 'torch'))]; "
+            "assert not loaded, loaded; assert 'load' in dir(ulfine)")
+    proc = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(SRC)}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import ulfine
+    from ulfine.apps.model_io import load
+
+    assert ulfine.load is load  # resolved on first use

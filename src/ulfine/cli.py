@@ -1,4 +1,5 @@
-"""The ``ulfine`` command line: presets, splits, train, eval, demo, pretrain-micro.
+"""The ``ulfine`` command line: presets, splits, train, eval, report, compare, export, predict, demo,
+pretrain-micro.
 
 Heavy imports (torch, open_clip) happen inside the commands, so ``--help`` answers at once.
 Every user-facing failure is a :class:`~ulfine.errors.UlfineError` and is printed as one line.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -144,13 +146,39 @@ def _registered_text() -> str:
             f"  data.dataset= {', '.join(DATASETS.names())}\n")
 
 
+def _train_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """(preset, overrides) of ``ulfine train``: the preset is optional (a ``key=value`` in its
+    place is an override) and ``--data PATH`` means the ``folder`` preset on PATH."""
+    preset, overrides = args.preset, list(args.overrides)
+    if preset is not None and "=" in preset:
+        preset, overrides = None, [preset, *overrides]
+    if args.data is not None:
+        preset = preset or "folder"
+        overrides = [f"data.root={args.data}", *overrides]
+    return preset, overrides
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch job (or a plain process)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a method on a preset; writes a run folder."""
+    """Train a method on a preset; writes a run folder and its report."""
+    from .apps.report import write_report
     from .config import load_config
     from .engine import train
 
-    cfg = load_config(args.preset, _with_plugins(args, args.overrides))
+    preset, overrides = _train_args(args)
+    cfg = load_config(preset, _with_plugins(args, overrides))
     run_dir = train(cfg)
+    if _is_main_process():
+        try:
+            report = write_report(run_dir)
+            print(f"report: {report.folder / 'report.md'}")
+        except Exception as exc:  # the run is complete; a plotting failure must not hide it
+            print(f"warning: report not written ({type(exc).__name__}: {exc}); try `ulfine report {run_dir}`",
+                  file=sys.stderr)
     print(f"run folder: {run_dir}")
     return 0
 
@@ -171,6 +199,59 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"{metrics['balanced_acc']:.4f}  head {g.get('head', float('nan')):.4f}  medium "
               f"{g.get('medium', float('nan')):.4f}  tail {g.get('tail', float('nan')):.4f}  "
               f"ece {metrics['ece']:.4f}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Plots and report.md of a finished run."""
+    from .apps.report import write_report
+
+    report = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    for name, reason in report.skipped.items():
+        print(f"{name}: not drawn ({reason})")
+    print(f"report: {report.folder / 'report.md'} ({len(report.plots)} plots)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """A paper-style table of finished runs (mean ± std over seeds)."""
+    from .apps.run_table import compare_runs
+
+    comparison = compare_runs([Path(d) for d in args.run_dirs], by=args.by)
+    print(comparison.text())
+    if args.out:
+        out = Path(args.out)
+        out.write_text(comparison.csv if out.suffix.lower() == ".csv" else comparison.text())
+        print(f"written to {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A self-contained model folder (+ ONNX) from a finished run."""
+    from .apps.model_io import export_model
+
+    result = export_model(Path(args.run_dir), Path(args.out), include_backbone=args.include_backbone,
+                          overrides=args.overrides, onnx=args.onnx)
+    print(f"model folder: {result.model_dir} ({', '.join(result.files)})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Top-k classes of image files with a model folder or a run folder."""
+    from .apps.model_io import load
+    from .apps.predict import list_files, predict_files, to_csv, to_json
+
+    if args.topk < 1 or args.batch_size < 1:
+        raise UlfineError("--topk and --batch-size must be at least 1")
+    files = list_files(args.paths)
+    classifier = load(Path(args.model), device=args.device)
+    topk = min(args.topk, len(classifier.class_names))
+    results = predict_files(classifier, files, topk=topk, batch_size=args.batch_size)
+    fmt = args.format or ("json" if args.out.lower().endswith(".json") else "csv")
+    Path(args.out).write_text(to_json(results) if fmt == "json" else to_csv(results, topk))
+    failed = sum(r.error is not None for r in results)
+    print(f"{len(results) - failed} images predicted, {failed} unreadable (listed with an error); "
+          f"written to {args.out}")
     return 0
 
 
@@ -220,20 +301,24 @@ def _add_config_commands(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_splits)
 
     p = sub.add_parser(
-        "train", help="train a method on a preset", formatter_class=FMT,
+        "train", help="train a method on a preset (or on your image folder: --data PATH)", formatter_class=FMT,
         description="Train METHOD (method=...) with a fine-tuning strategy (finetune=lp|lft|fft, "
         "peft=adaptformer|vpt|lora|bitfit) on PRESET. Writes config.yaml, split.json, "
-        "checkpoints, TensorBoard logs, metrics.jsonl and final_metrics.json to the run folder.",
+        "checkpoints, tracker logs (TensorBoard), metrics.jsonl, final_metrics.json and report/ to the "
+        "run folder. `ulfine train --data PATH` trains the `folder` preset on your own images "
+        "(PATH/labeled/<class>/, optional PATH/unlabeled/ and PATH/test/<class>/).",
         epilog=_override_help() + "\n" + _preset_epilog(),
     )
-    _add_preset_args(p)
+    p.add_argument("preset", nargs="?", help="preset name (see `ulfine presets`) or a YAML file; optional")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--data", metavar="PATH", help="your image folder: the `folder` preset with data.root=PATH")
     p.set_defaults(func=cmd_train)
     plain_help = p.format_help
     p.format_help = lambda: plain_help() + "\n" + _registered_text()  # registries load only for help
 
 
-def _add_run_commands(sub: Subparsers) -> None:
-    """``eval``, ``demo`` and ``pretrain-micro``."""
+def _add_result_commands(sub: Subparsers) -> None:
+    """``eval``, ``report`` and ``compare``: read finished run folders."""
     p = sub.add_parser("eval", help="re-evaluate a finished run",
                        description="Reload RUN_DIR's config and weights and evaluate them. "
                        "Overrides may change only where and how it runs: train.device, "
@@ -245,6 +330,56 @@ def _add_run_commands(sub: Subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("report", help="plots and report.md of a finished run",
+                       description="Per-class accuracy (head to tail), pseudo-label precision/recall over "
+                       "training, reliability diagram, confusion matrix (K <= 30), ULFine's prototype drift, "
+                       "and report.md with the metrics; written to RUN_DIR/report/ (also after every train).")
+    p.add_argument("run_dir", help="a run folder written by `ulfine train`")
+    p.add_argument("--out", help="report folder (default RUN_DIR/report)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="a paper-style table of finished runs",
+                       description="Rows methods, columns settings (--by preset); cells overall / tail accuracy "
+                       "of the final model, mean ± std over seeds, with a note on cells whose runs differ in more "
+                       "than the seed.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--by", choices=["preset", "method", "seed"], default="preset",
+                   help="what the columns are (default preset)")
+    p.add_argument("--out", help="also write the table: .md (Markdown) or .csv (one line per cell, raw numbers)")
+    p.set_defaults(func=cmd_compare)
+
+
+def _add_model_commands(sub: Subparsers) -> None:
+    """``export`` and ``predict``: use a trained model."""
+    p = sub.add_parser("export", help="a self-contained model folder from a finished run",
+                       description="Write MODEL_DIR with model.safetensors (trained tensors, fp32), config.json "
+                       "(classes, preprocessing, backbone reference + fingerprint) and a README.md model card; "
+                       "the frozen CLIP weights are referenced unless --include-backbone. The run's data is "
+                       "re-read (its split is checked); overrides as for `ulfine eval` (e.g. data.root=...).")
+    p.add_argument("run_dir", help="a run folder written by `ulfine train`")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.root=/datasets")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="the model folder to write")
+    p.add_argument("--include-backbone", action="store_true", help="copy the frozen CLIP weights (air-gapped use)")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx, checked against PyTorch "
+                   "(needs pip install 'ulfine[onnx]')")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="top-k classes of images with a model or run folder",
+                       description="Predict every image file named and every file under the folders named "
+                       "(recursively). CSV columns: filename, label_1..k, prob_1..k, error; a file that is not a "
+                       "readable image gets a warning and a row with its error.")
+    p.add_argument("model", help="a model folder (`ulfine export`) or a run folder (`ulfine train`)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--out", default="predictions.csv", help="output file (default predictions.csv)")
+    p.add_argument("--format", choices=["csv", "json"], help="default: from --out's suffix, else csv")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=cmd_predict)
+
+
+def _add_run_commands(sub: Subparsers) -> None:
+    """``demo`` and ``pretrain-micro``."""
     p = sub.add_parser(
         "demo", help="offline demo: zero-shot vs LP/LFT/FFT FixMatch vs ULFine on the micro world",
         description="Loads the shipped micro-CLIP weights and compares methods on the micro-world "
@@ -285,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_config_commands(sub)
+    _add_result_commands(sub)
+    _add_model_commands(sub)
     _add_run_commands(sub)
     return parser
 

@@ -36,4 +36,16 @@ def jsonable(value: Any, sort_keys: bool = False) -> Any:
     return str(value)
 
 
-__all__ = ["jsonable"]
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: nested mappings as dotted keys (the spelling of
+    ``key=value`` overrides), other values as they are. Config diffs, trackers and tables use it."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+__all__ = ["flatten", "jsonable"]

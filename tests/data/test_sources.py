@@ -186,6 +186,23 @@ def test_folder_missing(tmp_path):
         load("folder", tmp_path)
 
 
+def test_folder_without_test_holds_out_labeled_images(tmp_path):
+    imgs = images(16, 12, 5)
+    counts = {"cat": 10, "dog": 5, "eel": 1}
+    i = 0
+    for name, n in counts.items():
+        for j in range(n):
+            write_png(tmp_path / "labeled" / name / f"{j:02d}.png", imgs[i])
+            i += 1
+    src = load("folder", tmp_path, image_size=12, test_fraction=0.2)
+    # 20% of each class (at least one of a class with two or more), none of a single-image class
+    assert np.bincount(src.test.labels, minlength=3).tolist() == [2, 1, 0]
+    assert np.bincount(src.train.labels, minlength=3).tolist() == [8, 4, 1]
+    held, kept = set(map(str, src.test.images)), set(map(str, src.train.images))
+    assert not held & kept and len(held | kept) == 16
+    assert set(map(str, load("folder", tmp_path, image_size=12).test.images)) == held  # whatever the run
+
+
 def test_synthetic10_deterministic_and_separable():
     a = load("synthetic10", Path("/nonexistent"))
     b = load("synthetic10", Path("/elsewhere"))

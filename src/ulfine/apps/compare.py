@@ -4,7 +4,7 @@ Why: the demo (one seed, five methods) and the accuracy benchmark (every method,
 three settings) ask the same question of the same engine; this module is the one place that
 turns a method spec into a run. It uses the engine only through its two public calls,
 ``load_config`` and ``train``; the numbers are the engine's ``final_metrics.json``, read by
-:mod:`ulfine.apps.results`.
+:mod:`ulfine.apps.results`, and each run gets the report ``ulfine train`` writes (:mod:`.report`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from ..config import load_config
 from ..engine import train
 from ..methods.loft import RECIPE_OVERRIDES as LOFT_RECIPE
+from .report import write_report
 from .results import METRICS_FILE, Row, row_from_metrics
 
 
@@ -64,7 +65,8 @@ def run_method(
     overrides: Sequence[str] = (),
     progress: bool = True,
 ) -> Row:
-    """Train (or, for zero-shot, just evaluate) one method with the engine; return its row.
+    """Train (or, for zero-shot, just evaluate) one method with the engine, write its report
+    (``RUN_DIR/report/``); return its row.
 
     ``overrides`` apply after the method's own, so they win.
     """
@@ -73,6 +75,7 @@ def run_method(
         f"train.progress={str(progress).lower()}", *overrides,
     ])
     out = Path(train(cfg))
+    write_report(out)
     metrics = json.loads((out / METRICS_FILE).read_text())
     return row_from_metrics(spec.label, preset, seed, metrics, out)
 

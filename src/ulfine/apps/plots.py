@@ -16,7 +16,8 @@ import numpy as np
 from .results import Row
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (files only), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,13 +34,13 @@ def _save_accuracy_plot(fig: Any, ax: Any, title: str, path: Path, top: float) -
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def plot_groups(rows: Sequence[Row], path: Path, title: str) -> Path:
     """Grouped bars: overall / head / medium / tail accuracy per method."""
-    plt = _pyplot()
+    plt = pyplot()
     cols = ("overall", "head", "medium", "tail")
     x = np.arange(len(cols))
     width = 0.8 / max(1, len(rows))
@@ -52,7 +53,7 @@ def plot_groups(rows: Sequence[Row], path: Path, title: str) -> Path:
 
 def plot_per_class(rows: Sequence[Row], class_names: Sequence[str], path: Path, title: str) -> Path:
     """Per-class accuracy lines, classes ordered head (most labels) to tail."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     for r in rows:
         ax.plot(np.arange(len(r.per_class_acc)), [100 * a for a in r.per_class_acc], marker="o", ms=3, label=r.label)
@@ -79,7 +80,7 @@ def plot_confidence_histograms(panels: Sequence[tuple[str, dict[str, Any]]], pat
     (LFT's over-confidence), which a mean alone hides. ``panels`` are (label, histogram) pairs with
     histograms as :func:`ulfine.apps.results.summed_confidence_histogram` returns them.
     """
-    plt = _pyplot()
+    plt = pyplot()
     ncols = min(4, max(1, len(panels)))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.2 * nrows + 0.5), squeeze=False)

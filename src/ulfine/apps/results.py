@@ -308,6 +308,52 @@ def table_by_preset(records: Sequence[RunRecord], labels: Sequence[str], presets
     return Table([METRICS[metric].title, *presets], body)
 
 
+@dataclass(frozen=True)
+class Cell:
+    """The runs of one (row, column) of a pivot table and each metric's summary over them."""
+
+    row: str
+    column: str
+    seeds: tuple[int, ...]
+    summaries: tuple[Summary, ...]
+
+
+def pivot(records: Sequence[RunRecord], row_of: Callable[[RunRecord], str], column_of: Callable[[RunRecord], str],
+          metrics: Sequence[str]) -> list[Cell]:
+    """Group ``records`` into (row, column) cells (first-seen order) and summarise each of
+    ``metrics`` over the cell's runs (mean ± sample std)."""
+    keys = list(dict.fromkeys((row_of(r), column_of(r)) for r in records))
+    cells = []
+    for row, col in keys:
+        runs = [r for r in records if row_of(r) == row and column_of(r) == col]
+        cells.append(Cell(row, col, tuple(r.seed for r in runs),
+                          tuple(summarise(METRICS[m].read(r.metrics) for r in runs) for m in metrics)))
+    return cells
+
+
+def pivot_table(cells: Sequence[Cell], metrics: Sequence[str], corner: str = "", digits: int = 1) -> Table:
+    """Rows x columns; a cell shows its metrics joined by `` / `` (mean ± std over seeds, the value
+    alone for one run, ``-`` for no run)."""
+    rows, cols = list(dict.fromkeys(c.row for c in cells)), list(dict.fromkeys(c.column for c in cells))
+    index = {(c.row, c.column): c for c in cells}
+
+    def text(cell: Cell | None) -> str:
+        if cell is None:
+            return "-"
+        return " / ".join(format_summary(s, METRICS[m].scale, digits, std_of_one=False)
+                          for s, m in zip(cell.summaries, metrics))
+
+    return Table([corner, *cols], [[r] + [text(index.get((r, c))) for c in cols] for r in rows])
+
+
+def pivot_csv(cells: Sequence[Cell], metrics: Sequence[str]) -> str:
+    """One line per cell: row, column, runs, seeds, then each metric's mean and std (raw units)."""
+    header = ["row", "column", "runs", "seeds"] + [f"{m}_{k}" for m in metrics for k in ("mean", "std")]
+    body = [[c.row, c.column, str(len(c.seeds)), " ".join(map(str, c.seeds))]
+            + [repr(float(getattr(s, k))) for s in c.summaries for k in ("mean", "std")] for c in cells]
+    return Table(header, body).csv()
+
+
 def records_csv(records: Sequence[RunRecord], metrics: Sequence[str] = tuple(METRICS)) -> str:
     """One line per finished run: preset, label, seed, then ``metrics`` in display units."""
     body = [[r.preset, r.label, str(r.seed)]
@@ -316,10 +362,10 @@ def records_csv(records: Sequence[RunRecord], metrics: Sequence[str] = tuple(MET
 
 
 __all__ = [
-    "COLUMNS", "COLUMN_TITLES", "METRICS", "METRICS_FILE", "Metric", "Row", "RunRecord", "Summary",
+    "COLUMNS", "COLUMN_TITLES", "METRICS", "METRICS_FILE", "Cell", "Metric", "Row", "RunRecord", "Summary",
     "Table", "aggregate", "aggregate_csv", "dotted", "format_summary", "markdown_aggregate",
-    "markdown_table", "metric_value", "records_csv", "row_from_metrics", "rows_csv",
-    "rows_from_json", "rows_to_json", "summarise", "summed_confidence_histogram", "table_by_metric",
+    "markdown_table", "metric_value", "pivot", "pivot_csv", "pivot_table", "records_csv", "row_from_metrics",
+    "rows_csv", "rows_from_json", "rows_to_json", "summarise", "summed_confidence_histogram", "table_by_metric",
     "table_by_preset",
     "tail_pl_precision",
 ]

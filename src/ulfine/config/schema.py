@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
 from ..registry import FINETUNE_MODES, METHODS, OPTION_REGISTRIES, PEFT_MODULES, load_builtins, load_plugin
@@ -72,7 +72,12 @@ class DataConfig(Section):
         0, ge=0, description="held-out balanced validation images per class, from the train set"
     )
     image_size: int | None = Field(
-        None, ge=8, description="native size images are stored/augmented at (file datasets)"
+        None, ge=8, description="native size images are stored/augmented at (file datasets); null: "
+        "the dataset's own, or the backbone's input size for a dataset without one (folder)"
+    )
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="folder without test/: fraction of every labeled class "
+        "held out as the evaluation set"
     )
     num_workers: int = Field(2, ge=0, description="data-loader worker processes")
     augment_on: Literal["auto", "host", "device"] = Field(
@@ -151,6 +156,9 @@ class OptimConfig(Section):
     clip_grad_norm: float | None = Field(None, gt=0.0)
 
 
+Tracker = Literal["tensorboard", "wandb", "mlflow"]
+
+
 class TrainConfig(Section):
     """The loop: budget, batch, precision, EMA, devices."""
 
@@ -177,6 +185,20 @@ class TrainConfig(Section):
     max_steps: int | None = Field(
         None, ge=1, description="stop after this many optimiser steps (tests, smoke runs)"
     )
+    log_with: list[Tracker] = Field(
+        ["tensorboard"], description="experiment trackers (Accelerate's): tensorboard, wandb, mlflow; "
+        "a list, one name, or none"
+    )
+
+    @field_validator("log_with", mode="before")
+    @classmethod
+    def _trackers(cls, value: Any) -> Any:
+        """``wandb`` means ``[wandb]``; ``none`` or null, no tracker. (Whether a tracker's package
+        is installed is checked when training starts, so a run logged to W&B can still be
+        re-evaluated where wandb is not installed.)"""
+        if value is None or value == "none":
+            return []
+        return [value] if isinstance(value, str) else value
 
 
 class EvalConfig(Section):

@@ -10,6 +10,7 @@ Typical use::
 
 from . import sources  # noqa: F401  (registers the datasets)
 from .base import DATASETS, UNKNOWN_LABEL, DatasetSpec, ImageSet, SourceData, StoredArray
+from .decode import image_array
 from .loaders import eval_batches, ssl_batches
 from .splits import (
     SplitPlan,
@@ -28,6 +29,6 @@ from .views import build_views, strong_view, test_view, weak_view
 __all__ = [
     "DATASETS", "UNKNOWN_LABEL", "DatasetSpec", "ImageSet",
     "SSLData", "SourceData", "SplitPlan", "StoredArray", "build_ssl_data", "build_views",
-    "check_split", "class_counts", "eval_batches", "load_split", "order_unlabeled", "plan_counts",
+    "check_split", "class_counts", "eval_batches", "image_array", "load_split", "order_unlabeled", "plan_counts",
     "realised_counts", "split_hash", "ssl_batches", "strong_view", "test_view", "weak_view",
 ]

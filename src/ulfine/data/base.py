@@ -20,6 +20,7 @@ from ..registry import Registry
 from .decode import decode_image
 
 if TYPE_CHECKING:
+
     from ..config import DataConfig
 
 UNKNOWN_LABEL = -1

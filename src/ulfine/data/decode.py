@@ -59,12 +59,22 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def image_array(img: Image.Image, size: int | None = None) -> np.ndarray:
+    """A PIL image as uint8 (H, W, 3) RGB (:func:`to_rgb`), squashed to ``size`` x ``size``
+    (bicubic) when given.
+
+    Why one function: file datasets, the evaluation set and ``ulfine predict`` must turn a file
+    into pixels the same way, or a model sees other images at prediction than at evaluation.
+    """
+    img = to_rgb(img)
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
 def _decode(path: Path | str, size: int | None) -> np.ndarray:
     with Image.open(path) as raw:
-        img = to_rgb(raw)
-        if size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.BICUBIC)
-        return np.asarray(img, dtype=np.uint8)
+        return image_array(raw, size)
 
 
 def decode_image(path: Path | str, size: int | None = None) -> np.ndarray:
@@ -100,4 +110,4 @@ def scan_images(paths: Sequence[Path], what: str = "images") -> dict[Path, str]:
     return {p: r for p, r in zip(paths, results) if r is not None}
 
 
-__all__ = ["BACKGROUND", "decode_image", "scan_images", "to_rgb"]
+__all__ = ["BACKGROUND", "decode_image", "image_array", "scan_images", "to_rgb"]

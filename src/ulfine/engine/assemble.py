@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import Config
-from ..data import SSLData, build_ssl_data, check_split
+from ..config import Config, DataConfig
+from ..data import DATASETS, SSLData, build_ssl_data, check_split
 from ..data.splits import SPLIT_FILE
 from ..errors import ConfigError
 from ..methods import METHODS, Method, MethodContext
@@ -29,6 +29,7 @@ from ..models import (
     ParamSummary,
     apply_finetune,
     build_backbone,
+    input_size,
     normalizer_for,
     text_prototypes,
 )
@@ -68,10 +69,18 @@ def uses_features(cfg: Config) -> bool:
     return cfg.finetune == "lp" and not cfg.data.augment and not method_cls.uses_unlabeled
 
 
+def data_config(cfg: Config) -> DataConfig:
+    """``cfg.data``, with a dataset that has no native size (a user's folder) read at the
+    backbone's input size unless ``data.image_size`` says otherwise."""
+    if cfg.data.image_size is None and DATASETS.get(cfg.data.dataset).native_size is None:
+        return cfg.data.model_copy(update={"image_size": input_size(cfg.model.arch)})
+    return cfg.data
+
+
 def build_data(cfg: Config, run_dir: Path | None) -> SSLData:
     """The seeded split; when ``run_dir`` holds a ``split.json``, the data must give the same split
     (``data.root`` may change on resume or re-evaluation, the split may not)."""
-    data = build_ssl_data(cfg.data, cfg.seed)
+    data = build_ssl_data(data_config(cfg), cfg.seed)
     if run_dir is not None and (run_dir / SPLIT_FILE).is_file():
         check_split(data, run_dir)
     return data
@@ -100,27 +109,49 @@ def method_context(backbone: CLIPBackbone, data: SSLData, rt: Runtime, prototype
     )
 
 
+@dataclass
+class ModelParts:
+    """A run's model without its data: what prediction and export need."""
+
+    backbone: CLIPBackbone
+    method: Method
+    normalizer: DeviceNormalizer
+    param_summary: ParamSummary
+    feature_mode: bool
+
+
+def assemble_model(cfg: Config, rt: Runtime, backbone: CLIPBackbone, ctx: MethodContext,
+                   feature_mode: bool = False) -> ModelParts:
+    """Fine-tuning applied to ``backbone`` and the method built on it, on ``rt.device``.
+
+    Why apart from :func:`assemble_run`: an exported model folder has no data, only the class
+    names, counts and prototypes its ``config.json`` and ``model.safetensors`` carry; it is built
+    by this same code so that its tensors load into exactly the modules that trained them.
+    """
+    peft_opts = cfg.options_for(cfg.peft) or cfg.peft_options  # a plugin PEFT module's own section
+    summary = apply_finetune(backbone, cfg.finetune, cfg.peft, peft_opts)
+    backbone.to(rt.device)
+    seen_by_method: nn.Module = CachedFeatures(backbone) if feature_mode else backbone
+    method = METHODS.get(cfg.method).from_config(cfg, seen_by_method, ctx).to(rt.device)
+    normalizer = normalizer_for(backbone.preprocess).to(rt.device)
+    return ModelParts(backbone, method, normalizer, summary, feature_mode)
+
+
 def assemble_run(cfg: Config, rt: Runtime, run_dir: Path | None = None) -> RunParts:
     """Seed, split (checked against ``run_dir/split.json``), backbone + fine-tuning, text
     prototypes and method, in this order, on ``rt.device``."""
     seed_everything(cfg.seed)
     data = build_data(cfg, run_dir)
     check_unlabeled(cfg, data)
-    device = rt.device
-    backbone = build_backbone(cfg.model, device=device)
-    peft_opts = cfg.options_for(cfg.peft) or cfg.peft_options  # a plugin PEFT module's own section
-    summary = apply_finetune(backbone, cfg.finetune, cfg.peft, peft_opts)
-    backbone.to(device)
-    with torch.no_grad():
+    backbone = build_backbone(cfg.model, device=rt.device)
+    with torch.no_grad():  # the text tower is frozen and consumes no RNG: before fine-tuning is fine
         prototypes = text_prototypes(
             backbone, data.class_names, cfg.model.templates, cache_dir=cfg.model.text_cache_dir
-        ).to(device)
-    feature_mode = uses_features(cfg)
-    seen_by_method: nn.Module = CachedFeatures(backbone) if feature_mode else backbone
+        ).to(rt.device)
     ctx = method_context(backbone, data, rt, prototypes)
-    method = METHODS.get(cfg.method).from_config(cfg, seen_by_method, ctx).to(device)
-    normalizer = normalizer_for(backbone.preprocess).to(device)
-    return RunParts(cfg, data, backbone, method, normalizer, summary, feature_mode, device)
+    model = assemble_model(cfg, rt, backbone, ctx, feature_mode=uses_features(cfg))
+    return RunParts(cfg, data, model.backbone, model.method, model.normalizer, model.param_summary,
+                    model.feature_mode, rt.device)
 
 
 def trainable_parameter_count(method: nn.Module) -> int:
@@ -128,4 +159,5 @@ def trainable_parameter_count(method: nn.Module) -> int:
     return sum(p.numel() for p in method.parameters() if p.requires_grad)
 
 
-__all__ = ["RunParts", "assemble_run", "build_data", "trainable_parameter_count", "uses_features"]
+__all__ = ["ModelParts", "RunParts", "assemble_model", "assemble_run", "build_data", "trainable_parameter_count",
+           "uses_features"]

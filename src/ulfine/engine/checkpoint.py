@@ -73,10 +73,15 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise DataError(f"{path} cannot be read as safetensors ({exc}); the file is damaged") from None
 
 
-@torch.no_grad()
 def load_weights(method: nn.Module, path: Path) -> None:
     """Copy a weights file into ``method``; every tensor in the file must exist with its shape."""
-    state = _read_tensors(path)
+    load_state(method, _read_tensors(path), path)
+
+
+@torch.no_grad()
+def load_state(method: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy named tensors (e.g. a model folder's) into ``method``'s parameters and buffers;
+    ``path`` names their file in errors."""
     targets = dict(method.named_parameters())
     targets.update(dict(method.named_buffers()))
     missing = [n for n in state if n not in targets]
@@ -190,4 +195,4 @@ def load_checkpoint(run_dir: Path, method: nn.Module) -> tuple[dict[str, Any], d
 
 
 __all__ = ["CHECKPOINT_DIR", "FoundCheckpoint", "complete_step", "find_checkpoint", "load_checkpoint",
-           "load_weights", "save_checkpoint", "save_weights", "weight_state"]
+           "load_state", "load_weights", "save_checkpoint", "save_weights", "weight_state"]

@@ -16,6 +16,8 @@ import torch
 from ..config import EvalConfig
 
 GROUPS = ("head", "medium", "tail")
+#: the confusion matrix is recorded for at most this many classes (K x K numbers per evaluation)
+CONFUSION_MAX_CLASSES = 30
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -64,22 +66,35 @@ def class_groups(labeled_counts: Sequence[int], cfg: EvalConfig) -> tuple[list[s
     return groups, rule
 
 
-def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
-    """ECE with ``bins`` equal-width confidence bins (lo, hi]: sum_b |B_b|/N * |acc_b - conf_b|."""
+def reliability_bins(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> dict[str, list[Any]]:
+    """Per equal-width confidence bin (lo, hi]: image count, accuracy and mean confidence (None
+    for an empty bin); confidence 0 goes to the first bin. The reliability diagram and the ECE."""
     conf = confidence.double().flatten()
     hit = correct.double().flatten()
-    n = conf.numel()
-    if n == 0:
-        return 0.0
-    # bin b holds (b/B, (b+1)/B]; confidence 0 goes to the first bin
     idx = (torch.ceil(conf * bins).long() - 1).clamp(0, bins - 1)
-    ece = 0.0
+    out: dict[str, list[Any]] = {"count": [], "accuracy": [], "confidence": []}
     for b in range(bins):
         sel = idx == b
         m = int(sel.sum())
-        if m:
-            ece += m / n * abs(float(hit[sel].mean()) - float(conf[sel].mean()))
-    return float(ece)
+        out["count"].append(m)
+        out["accuracy"].append(float(hit[sel].mean()) if m else None)
+        out["confidence"].append(float(conf[sel].mean()) if m else None)
+    return out
+
+
+def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
+    """ECE with ``bins`` equal-width confidence bins (lo, hi]: sum_b |B_b|/N * |acc_b - conf_b|."""
+    n = confidence.numel()
+    if n == 0:
+        return 0.0
+    r = reliability_bins(confidence, correct, bins)
+    return float(sum(m / n * abs(a - c) for m, a, c in zip(r["count"], r["accuracy"], r["confidence"]) if m))
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, k: int) -> list[list[int]]:
+    """(K, K) counts, rows the true class, columns the predicted class."""
+    flat = torch.bincount(target.long() * k + pred.long(), minlength=k * k)
+    return flat.view(k, k).tolist()
 
 
 def classification_metrics(
@@ -119,6 +134,8 @@ def classification_metrics(
         "per_class_acc": per_class,
         "ece": expected_calibration_error(conf, correct, cfg.ece_bins),
         "ece_bins": cfg.ece_bins,
+        "reliability": reliability_bins(conf, correct, cfg.ece_bins),
+        "confusion_matrix": confusion_matrix(pred, target, k) if k <= CONFUSION_MAX_CLASSES else None,
         "prediction_counts": torch.bincount(pred, minlength=k).tolist(),
     }
 
@@ -214,10 +231,13 @@ def mean_of_last(history: list[dict[str, Any]], k: int) -> dict[str, Any] | None
 
 __all__ = [
     "GROUPS",
+    "CONFUSION_MAX_CLASSES",
     "class_groups",
     "classification_metrics",
     "confidence_histogram",
+    "confusion_matrix",
     "expected_calibration_error",
     "mean_of_last",
     "pseudo_label_metrics",
+    "reliability_bins",
 ]

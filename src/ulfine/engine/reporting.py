@@ -1,21 +1,31 @@
-"""Run folder, log file, TensorBoard scalars, progress bar and the end-of-run summary table.
+"""Run folder, log file, experiment trackers, progress bar and the end-of-run summary table.
 
-Only the main process writes; the others get no-op reporters.
+Only the main process writes; the others get no-op reporters. Scalars go to the trackers of
+``train.log_with`` through Accelerate's tracker classes: TensorBoard (default, ``RUN_DIR/tb``),
+Weights & Biases (``wandb``; ``WANDB_MODE=offline`` honoured, files under ``RUN_DIR/wandb``) and
+MLflow (``mlflow``; ``MLFLOW_TRACKING_URI`` honoured, else MLflow's file store in ``RUN_DIR/mlruns``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import logging
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from accelerate.tracking import GeneralTracker, MLflowTracker, TensorBoardTracker, WandBTracker
 from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from ..config import Config
+from ..config import Config, config_to_dict
+from ..errors import ConfigError
+from ..jsonable import flatten
 from ..safefiles import atomic_write_text
 
 log = logging.getLogger("ulfine.engine")
@@ -39,6 +49,10 @@ def attach_file_log(run_dir: Path) -> logging.Handler:
     return handler
 
 
+#: the package each tracker of ``train.log_with`` needs, and the extra that installs it
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
 def _kept(line: str, step: int) -> bool:
     try:
         entry = json.loads(line)
@@ -47,25 +61,75 @@ def _kept(line: str, step: int) -> bool:
     return isinstance(entry, dict) and entry.get("step", 0) <= step and not entry.get("final")
 
 
-class Reporter:
-    """TensorBoard scalars, metrics.jsonl lines and the progress bar of the main process."""
+def check_trackers(names: Sequence[str]) -> None:
+    """Fail before any work starts when a tracker's package is not installed."""
+    for name in names:
+        package = TRACKER_PACKAGES[name]
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(f"train.log_with={name} needs the {package} package: pip install 'ulfine[{name}]'")
 
-    def __init__(self, run_dir: Path, enabled: bool, progress: bool, total: int, initial: int) -> None:
+
+def _flat_config(cfg: Config) -> dict[str, Any]:
+    """The config as flat ``section.key`` -> scalar (lists as strings), for trackers."""
+    return {k: v if isinstance(v, (bool, int, float, str)) or v is None else str(v)
+            for k, v in flatten(config_to_dict(cfg)).items()}
+
+
+def make_tracker(name: str, run_dir: Path, resume_step: int) -> GeneralTracker:
+    """An Accelerate tracker writing next to the run (or where the tracker's environment says)."""
+    if name == "tensorboard":
+        # purge_step drops TensorBoard events logged after the resumed checkpoint's step
+        return TensorBoardTracker("tb", run_dir, purge_step=resume_step or None)
+    if name == "wandb":
+        # one W&B run per run folder, continued on resume (WANDB_MODE=offline writes only locally)
+        run_id = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
+        return WandBTracker(os.environ.get("WANDB_PROJECT", "ulfine"), name=run_dir.name, id=run_id,
+                            resume="allow", dir=str(run_dir))
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        import mlflow  # only here: an optional extra
+
+        # offline default: MLflow's file store inside the run folder (MLflow 3 asks for the opt-in)
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow.set_tracking_uri((run_dir / "mlruns").resolve().as_uri())
+    return MLflowTracker(os.environ.get("MLFLOW_EXPERIMENT_NAME", "ulfine"), run_name=run_dir.name)
+
+
+def start_trackers(names: Sequence[str], run_dir: Path, resume_step: int, cfg: Config | None) -> list[GeneralTracker]:
+    """Started trackers; TensorBoard failing is a warning (the default must never stop a run),
+    a tracker the user asked for failing is an error."""
+    trackers = []
+    for name in names:
+        try:
+            tracker = make_tracker(name, run_dir, resume_step)
+            tracker.start()
+            if cfg is not None and name != "tensorboard":  # config.yaml is beside tb/ already
+                tracker.store_init_configuration(_flat_config(cfg))
+        except Exception as exc:
+            if name == "tensorboard":
+                log.warning("TensorBoard disabled: %s", exc)
+                continue
+            raise ConfigError(f"train.log_with={name}: the tracker did not start ({type(exc).__name__}: "
+                              f"{exc}); for offline logging see docs/engine.md") from exc
+        trackers.append(tracker)
+    return trackers
+
+
+class Reporter:
+    """Tracker scalars, metrics.jsonl lines and the progress bar of the main process."""
+
+    def __init__(self, run_dir: Path, enabled: bool, progress: bool, total: int, initial: int,
+                 cfg: Config | None = None) -> None:
         self.enabled = enabled
         self.run_dir = run_dir
-        self.writer = None
+        self.trackers: list[GeneralTracker] = []
         self.bar = None
+        self.last_entry: dict[str, Any] | None = None
         if not enabled:
             return
         if initial > 0:  # resumed: what was logged after the checkpoint is about to be redone
             self._rewind_metrics(initial)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step drops TensorBoard events logged after the checkpoint's step
-            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=initial or None)
-        except Exception as exc:  # tensorboard missing or broken: keep training, say so once
-            log.warning("TensorBoard disabled: %s", exc)
+        names = cfg.train.log_with if cfg is not None else ["tensorboard"]
+        self.trackers = start_trackers(names, run_dir, initial, cfg)
         if progress:
             self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
 
@@ -79,16 +143,19 @@ class Reporter:
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
-        if self.writer is None:
+        """``prefix/key`` scalars (numbers only) to every tracker."""
+        numbers = {f"{prefix}/{k}": v for k, v in values.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if not numbers:
             return
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and value is not None:
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        for tracker in self.trackers:
+            tracker.log(numbers, step=step)
 
     def evaluation(self, entry: dict[str, Any]) -> None:
-        """Append one evaluation to metrics.jsonl and TensorBoard."""
+        """Append one evaluation to metrics.jsonl and the trackers."""
         if not self.enabled:
             return
+        self.last_entry = entry
         with (self.run_dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
         step = entry["step"]
@@ -106,10 +173,17 @@ class Reporter:
             self.bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:
+        """The final model's table (its last evaluation) under ``final/*``; trackers finished."""
         if self.bar is not None:
             self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
+        if self.last_entry is not None:
+            e = self.last_entry
+            table = {k: e[k] for k in ("overall_acc", "balanced_acc", "ece")}
+            table.update({f"{g}_acc": v for g, v in e["group_acc"].items()})
+            self.scalars("final", table, e["step"])
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []
 
 
 def _pct(v: float | None) -> str:
@@ -143,4 +217,5 @@ def print_summary(final: dict[str, Any], run_dir: Path) -> None:
     Console().print(table)
 
 
-__all__ = ["Reporter", "attach_file_log", "default_run_dir", "print_summary"]
+__all__ = ["TRACKER_PACKAGES", "Reporter", "attach_file_log", "check_trackers", "default_run_dir", "make_tracker",
+           "print_summary", "start_trackers"]

@@ -8,10 +8,10 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..config import Config, config_to_dict, load_saved_config, save_config
 from ..errors import ConfigError
+from ..jsonable import flatten
 from ..registry import METHODS
 from ..safefiles import refuse_pickles, remove_temporaries
 from .checkpoint import find_checkpoint
@@ -22,7 +22,7 @@ log = logging.getLogger("ulfine.engine")
 
 #: keys that may differ between an interrupted run and its resumption
 RESUMABLE_CHANGES = {"resume", "train.max_steps", "train.progress", "train.log_every",
-                     "train.checkpoint_every", "train.checkpoint_every_steps", "train.on_nonfinite",
+                     "train.checkpoint_every", "train.checkpoint_every_steps", "train.log_with", "train.on_nonfinite",
                      "data.num_workers", "data.root", "data.augment_on", "output_dir"}
 FINAL_METRICS = "final_metrics.json"
 
@@ -38,23 +38,12 @@ class RunDir:
     finished: int | None = None
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def check_resumable(cfg: Config, saved: Path) -> None:
     """A resumed run must have the config it started with, except :data:`RESUMABLE_CHANGES`."""
     if not saved.is_file():
         raise ConfigError(f"resume=true but {saved.parent} holds no run (config.yaml missing)")
-    old = _flatten(config_to_dict(load_saved_config(saved)))
-    new = _flatten(config_to_dict(cfg))
+    old = flatten(config_to_dict(load_saved_config(saved)))
+    new = flatten(config_to_dict(cfg))
     diff = sorted(k for k in set(old) | set(new)
                   if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if diff:

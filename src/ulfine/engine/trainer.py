@@ -40,7 +40,7 @@ from .ema import TrainableEMA
 from .evaluation import build_eval_sets, evaluate_sets
 from .metrics import mean_of_last
 from .optim import build_optimizer, build_scheduler
-from .reporting import Reporter, attach_file_log, print_summary
+from .reporting import Reporter, attach_file_log, check_trackers, print_summary
 from .rundir import FINAL_METRICS, check_batch, discard_unfinished, prepare_run_dir
 from .runtime import Runtime, make_runtime, resource_advice
 from .seeding import set_rng_state
@@ -455,7 +455,7 @@ def setup_trainer(cfg: Config, rt: Runtime, run_dir: Path) -> Trainer:
 def _run(cfg: Config, rt: Runtime, run_dir: Path) -> Path:
     """Train (or only evaluate) a run whose folder is ready."""
     trainer = setup_trainer(cfg, rt, run_dir)
-    trainer.reporter = Reporter(run_dir, rt.is_main, cfg.train.progress, trainer.stop, trainer.state.step)
+    trainer.reporter = Reporter(run_dir, rt.is_main, cfg.train.progress, trainer.stop, trainer.state.step, cfg)
     if trainer.optimizer is not None:  # zero-shot and the like: evaluate-only, same finish()
         trainer.fit()
     return trainer.finish()
@@ -469,6 +469,7 @@ def train(cfg: Config) -> Path:
     a finished run does nothing; a fresh run that fails before its first checkpoint removes its
     folder; running out of memory or disk raises a ResourceError naming the settings to change.
     """
+    check_trackers(cfg.train.log_with)
     rt = make_runtime(cfg.train.device, cfg.train.precision)
     cfg, run = prepare_run_dir(cfg, rt)
     if run.finished is not None:

@@ -4,7 +4,7 @@ Importing this package registers ulfine's tiny architecture ``ulfine-micro-vit``
 and the fine-tuning modes and PEFT modules into ``ulfine.registry``.
 """
 
-from .archs import MICRO_ARCH, register_archs
+from .archs import MICRO_ARCH, input_size, register_archs
 from .backbone import CachedFeatures, CLIPBackbone, PreprocessConfig, build_backbone
 from .finetune import FINETUNE_MODES, ParamSummary, apply_finetune, count_parameters
 from .heads import LinearHead, PrototypeHead, cosine_logits
@@ -32,6 +32,7 @@ __all__ = [
     "apply_finetune",
     "build_backbone",
     "count_parameters",
+    "input_size",
     "normalizer_for",
     "resolve_weights",
     "text_prototypes",

@@ -31,6 +31,28 @@ def arch_preprocess(arch: str) -> dict[str, Any]:
     return dict(_arch_preprocess().get(arch, {}))
 
 
+#: CLIP's input size, for an architecture whose config cannot be read without its weights
+DEFAULT_INPUT_SIZE = 224
+
+
+def input_size(arch: str) -> int:
+    """Square input size of ``arch``'s image tower, read from its config without building it.
+
+    Why: a dataset without a native size (a user's folder) is best stored at the size the tower
+    sees, so images are resized once. ``hf-hub:``/``local-dir:`` archs read their folder's
+    ``open_clip_config.json`` when it is local; otherwise :data:`DEFAULT_INPUT_SIZE`.
+    """
+    register_archs()
+    arch = normalise_arch(arch)
+    if arch.startswith("local-dir:"):
+        path = Path(arch[len("local-dir:"):]).expanduser() / "open_clip_config.json"
+        cfg = json.loads(path.read_text()).get("model_cfg", {}) if path.is_file() else {}
+    else:
+        cfg = open_clip.get_model_config(arch) or {}
+    size = (cfg.get("vision_cfg") or {}).get("image_size", DEFAULT_INPUT_SIZE)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
 def normalise_arch(arch: str) -> str:
     """open_clip spells ``ViT-B/16`` as ``ViT-B-16``; accept both."""
     if arch.startswith(("hf-hub:", "local-dir:")):

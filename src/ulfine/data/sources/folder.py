@@ -4,14 +4,17 @@ Layout (each role is either a folder or a CSV list; the CSV wins when both exist
 
     ROOT/labeled/<class>/*.png     or  ROOT/labeled.csv    (path,label)
     ROOT/unlabeled/**/*.png        or  ROOT/unlabeled.csv  (path[,label])   optional
-    ROOT/test/<class>/*.png        or  ROOT/test.csv       (path,label)
+    ROOT/test/<class>/*.png        or  ROOT/test.csv       (path,label)     optional
     ROOT/classes.txt               optional: one class name per line, line order = index
 
 CSV paths are relative to ROOT (or absolute); labels are class names (or indices when
 classes.txt exists); a header line ``path,label`` is allowed; text files are UTF-8 (a BOM is
 accepted). Without classes.txt the classes are the sorted folder names of ``labeled/`` (or the
 sorted labels of labeled.csv). Unlabeled images get label -1 unless the CSV gives one
-(diagnostics only). Images are resized to ``data.image_size`` (default 64) square.
+(diagnostics only). Without a test set, ``data.test_fraction`` of every labeled class (at least
+one image of a class that has two) is held out as the evaluation set, the same images whatever the
+run's seed. Images are resized to ``data.image_size`` square (the engine sets it to the backbone's
+input size when it is null; 64 when this reader is called without it).
 
 Every file is decoded once when the dataset is read (:func:`~ulfine.data.decode.scan_images`):
 with ``data.on_bad_image=fail`` an unreadable file stops the run naming it, with ``skip`` it is
@@ -41,6 +44,7 @@ log = logging.getLogger("ulfine.data")
 DEFAULT_SIZE = 64
 HOW = "see docs/datasets.md (folder layout: labeled/<class>/, unlabeled/, test/<class>/)"
 Rows = list[tuple[Path, str | None]]
+HOLDOUT_SEED = 20250512  # fixes which labeled images a folder without test/ holds out
 
 
 def _read_text(path: Path) -> str:
@@ -151,6 +155,20 @@ def _to_set(rows: Rows, names: list[str], role: str, size: int) -> ImageSet:
     return ImageSet([p for p, _ in rows], labels, size)
 
 
+def hold_out(rows: list[tuple[Path, str | None]], fraction: float) -> tuple[list, list]:
+    """(kept, held out): per class a fixed seeded ``fraction`` of the rows (at least one of a
+    class with two or more images), so a folder without test/ still has an evaluation set."""
+    rng = np.random.default_rng(HOLDOUT_SEED)
+    kept, held = [], []
+    for label in sorted({lab for _, lab in rows}, key=str):
+        members = [r for r in rows if r[1] == label]
+        n = max(1, round(fraction * len(members))) if len(members) > 1 else 0
+        chosen = set(rng.permutation(len(members))[:n].tolist())
+        held += [r for i, r in enumerate(members) if i in chosen]
+        kept += [r for i, r in enumerate(members) if i not in chosen]
+    return kept, held
+
+
 def _screen(roles: dict[str, Rows], cfg: DataConfig) -> tuple[dict[str, Rows], list[dict[str, str]]]:
     """Decode every file once; fail on unreadable ones or leave them out (``data.on_bad_image``)."""
     paths = list(dict.fromkeys(p for rows in roles.values() for p, _ in rows))
@@ -170,27 +188,31 @@ def _screen(roles: dict[str, Rows], cfg: DataConfig) -> tuple[dict[str, Rows], l
 
 
 def read_folder(cfg: DataConfig) -> SourceData:
-    """The user's folder: labeled/ is the train pool, unlabeled/ the natural unlabeled set."""
+    """The user's folder: labeled/ is the train pool, unlabeled/ the natural unlabeled set,
+    test/ (or a held-out part of labeled/) the evaluation set."""
     root = Path(cfg.root)
     if not root.is_dir():
         raise DataError(f"folder: data.root={root} is not a folder; point data.root at the folder "
-                        f"holding labeled/ and test/ ({HOW})")
+                        f"holding labeled/ ({HOW})")
     size = cfg.image_size or DEFAULT_SIZE
-    roles = {role: _role(root, role, required=role != "unlabeled") for role in ("labeled", "test", "unlabeled")}
+    roles = {role: _role(root, role, required=role == "labeled") for role in ("labeled", "test", "unlabeled")}
     listed = {role: rows for role, rows in roles.items() if rows}
     if "labeled" not in listed:
         raise DataError(f"folder: no labeled images found under {root}; {HOW}")
     names = _class_names(root, listed["labeled"])
+    if "test" not in listed:
+        listed["labeled"], listed["test"] = hold_out(listed["labeled"], cfg.test_fraction)
+        log.info("folder: no test/ in %s; %d labeled images (data.test_fraction=%g per class) held out "
+                 "as the evaluation set", root, len(listed["test"]), cfg.test_fraction)
     kept, skipped = _screen(listed, cfg)
     sets = {role: _to_set(rows, names, role, size) for role, rows in kept.items()}
-    if "test" not in sets:
-        raise DataError(f"folder: no test images found under {root}; {HOW}")
     return SourceData("folder", names, sets["labeled"], sets["test"], sets.get("unlabeled"), size,
                       skipped=skipped)
 
 
 DATASETS.register("folder")(DatasetSpec(
     name="folder", num_classes=0, class_names=None, native_size=None, has_natural_unlabeled=True,
-    description="your own images: data.root/{labeled/<class>/, unlabeled/, test/<class>/} or CSVs",
+    description="your own images: data.root/{labeled/<class>/, unlabeled/, test/<class>/} or CSVs "
+    "(preset `folder`)",
     reader=read_folder,
 ))
