@@ -202,6 +202,10 @@ def read_folder(cfg: DataConfig) -> SourceData:
     names = _class_names(root, listed["labeled"])
     if "test" not in listed:
         listed["labeled"], listed["test"] = hold_out(listed["labeled"], cfg.test_fraction)
+        if not listed["test"]:
+            raise DataError(f"folder: no test/ folder or test.csv in {root}, and no labeled class has the two "
+                            f"images needed to hold one out as the evaluation set; add test/<class>/ images "
+                            f"or more labeled ones ({HOW})")
         log.info("folder: no test/ in %s; %d labeled images (data.test_fraction=%g per class) held out "
                  "as the evaluation set", root, len(listed["test"]), cfg.test_fraction)
     kept, skipped = _screen(listed, cfg)
