@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 #: fields holding images (or features): the ones a normaliser applies to
-IMAGE_FIELDS = ("x_l", "u_w", "u_s")
+IMAGE_FIELDS = ("x_l", "u_w", "u_s", "u_s2")
 
 
 @dataclass
@@ -24,6 +24,8 @@ class Batch:
 
     ``x_l``/``u_w``/``u_s`` are uint8 (B, 3, h, w) images on the host, normalised float images
     on the device after :meth:`to`, or (B, D) features of a frozen tower (feature mode).
+    ``u_s2`` is a second strong view of the same unlabeled images, for methods that ask for two
+    (``Method.strong_views = 2``, ACR); None otherwise.
     ``idx_u`` are indices into the unlabeled set (for per-sample memories such as PAF's P_u);
     ``step`` is the optimiser step the batch belongs to.
     """
@@ -34,6 +36,7 @@ class Batch:
     u_s: torch.Tensor | None = None
     idx_u: torch.Tensor | None = None
     step: int = 0
+    u_s2: torch.Tensor | None = None
 
     @property
     def num_labeled(self) -> int:

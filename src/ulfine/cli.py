@@ -149,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .engine import train
 
-    cfg = load_config(args.preset, _with_plugins(args, args.overrides))
+    cfg = load_config(args.preset, _with_plugins(args, args.overrides), budget=args.budget)
     run_dir = train(cfg)
     print(f"run folder: {run_dir}")
     return 0
@@ -227,6 +227,9 @@ def _add_config_commands(sub: Subparsers) -> None:
         epilog=_override_help() + "\n" + _preset_epilog(),
     )
     _add_preset_args(p)
+    p.add_argument("--budget", type=float, default=None, metavar="FRACTION",
+                   help="train on this fraction of the preset's epochs x steps (e.g. 0.001 for a "
+                   "smoke run of a 250k-step scratch preset); the run records the shortened budget")
     p.set_defaults(func=cmd_train)
     plain_help = p.format_help
     p.format_help = lambda: plain_help() + "\n" + _registered_text()  # registries load only for help

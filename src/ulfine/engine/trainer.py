@@ -170,7 +170,7 @@ class Trainer:
         return ssl_batches(parts.data, cfg.train.batch_size, cfg.ssl.mu, cfg.seed,
                            start_step=self.state.step, num_workers=cfg.data.num_workers, rank=rt.rank,
                            world_size=rt.world_size, unlabeled=self.method.uses_unlabeled,
-                           augment=cfg.data.augment)
+                           augment=cfg.data.augment, strong_views=self.method.strong_views)
 
     # -- evaluation and checkpoints -----------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Importing this package registers every built-in method.
 """
 
 from ..batch import Batch
-from . import finessl, fixmatch, fixmatch_la, supervised, ulfine, zeroshot  # noqa: F401  (registration)
+from . import acr, finessl, fixmatch, fixmatch_la, supervised, ulfine, zeroshot  # noqa: F401  (registration)
+from .acr import ACROptions
 from .base import (
     METHODS,
     Collectives,
@@ -20,6 +21,6 @@ from .fixmatch_la import FixMatchLAOptions
 from .ulfine import ULFineOptions
 
 __all__ = [
-    "METHODS", "Batch", "Collectives", "FineSSLOptions", "FixMatchLAOptions", "LocalCollectives",
+    "ACROptions", "METHODS", "Batch", "Collectives", "FineSSLOptions", "FixMatchLAOptions", "LocalCollectives",
     "Method", "MethodContext", "MethodOptions", "PseudoLabels", "StepOutput", "ULFineOptions",
 ]
