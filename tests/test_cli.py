@@ -122,3 +122,18 @@ def test_missing_and_truncated_dataset_files_are_one_line_errors(tmp_path):
                     "model.arch=ulfine-micro-vit", "model.pretrained=none", "train.progress=false")
     assert truncated.returncode == 2 and "Traceback" not in truncated.stderr
     assert truncated.stderr.startswith("error: ") and truncated.stderr.count("\n") == 1
+
+
+def test_every_standard_setting_has_a_scratch_preset():
+    """<setting>_scratch: the same split, a scratch backbone and ACR's budget."""
+    from ulfine.config import load_config
+
+    names = set(list_presets())
+    standard = [n for n in names if not n.endswith("_scratch") and n.startswith(("cifar", "stl10", "imagenet127"))]
+    assert len(standard) == 30 and all(f"{n}_scratch" in names for n in standard)
+    for name in ("cifar100_n50_m400_g20_reversed", "imagenet127_64px"):
+        clip, scratch = load_config(name), load_config(f"{name}_scratch")
+        assert scratch.data == clip.data and scratch.model.pretrained == "none" and scratch.finetune == "fft"
+        assert scratch.train.epochs * scratch.train.steps_per_epoch == 250_000 and scratch.train.batch_size == 64
+    assert load_config("imagenet127_64px_scratch").model.image_size == 64
+    assert load_config("stl10_n450_g10_scratch").model.arch == "wrn-28-2"

@@ -87,3 +87,12 @@ def test_scratch_preset_trains_acr_from_the_command_line(tmp_path, capsys):
     assert "nesterov: true" in saved and "schedule: cosine_7_16" in saved and "ema: 0.999" in saved
     assert m["weights"] == "ema" and m["method_diagnostics"]["tau"] == 2.0  # no estimate before epoch 6
     assert len(m["per_class_acc"]) == 10
+
+
+def test_batchnorm_backbone_says_accumulation_changes_the_model(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="ulfine.engine"):
+        assemble_run(tiny_config(tmp_path / "a", *SCRATCH, "method=fixmatch"), make_runtime("cpu", "fp32"))
+        assert "uses BatchNorm" not in caplog.text
+        assemble_run(tiny_config(tmp_path / "b", *SCRATCH, "method=fixmatch", "optim.grad_accum=2"),
+                     make_runtime("cpu", "fp32"))
+    assert "uses BatchNorm: its statistics come from each process's micro-batch" in caplog.text

@@ -126,6 +126,16 @@ def class_prototypes(cfg: Config, backbone: CLIPBackbone | ScratchBackbone, data
         ).to(device)
 
 
+def note_batch_statistics(cfg: Config, rt: Runtime, backbone: CLIPBackbone | ScratchBackbone) -> None:
+    """Say when BatchNorm makes processes / accumulation change the model, not only summation order:
+    its statistics are those of each micro-batch on each process (as in FixMatch's, ACR's and
+    USB's code), so 1 vs N processes or grad_accum 1 vs A train slightly different models."""
+    if backbone.batch_statistics and (rt.world_size > 1 or cfg.optim.grad_accum > 1):
+        log.warning("model.arch=%s uses BatchNorm: its statistics come from each process's micro-batch "
+                    "(%d processes x grad_accum %d), so this run is not the 1-process, 1-micro-batch one",
+                    cfg.model.arch, rt.world_size, cfg.optim.grad_accum)
+
+
 def assemble_run(cfg: Config, rt: Runtime, run_dir: Path | None = None) -> RunParts:
     """Seed, split (checked against ``run_dir/split.json``), backbone + fine-tuning, text
     prototypes and method, in this order, on ``rt.device``."""
@@ -136,6 +146,7 @@ def assemble_run(cfg: Config, rt: Runtime, run_dir: Path | None = None) -> RunPa
     backbone = build_backbone(cfg.model, device=device)
     peft_opts = cfg.options_for(cfg.peft) or cfg.peft_options  # a plugin PEFT module's own section
     summary = apply_finetune(backbone, cfg.finetune, cfg.peft, peft_opts)
+    note_batch_statistics(cfg, rt, backbone)
     backbone.to(device)
     prototypes = class_prototypes(cfg, backbone, data, device)
     feature_mode = uses_features(cfg)
