@@ -15,9 +15,10 @@ backward, optimiser, EMA). It records:
 - training FLOPs of one step, counted by ``torch.utils.flop_counter`` (matmuls, convolutions,
   attention; element-wise ops are not counted, as usual), scaled to the preset's batch (every op
   is per image, so FLOPs grow linearly with the batch);
-- the step's wall-clock time, the fastest of the timed steps (other processes on a shared machine
-  only ever slow a step down; data loading excluded: the batch is fetched before the clock
-  starts), and so images/s, where an image is one forward pass of one view;
+- the step's wall-clock time, the fastest of the timed steps (at least ``--steps``, more for
+  cheap rows until 10 s have passed; other processes on a shared machine only ever slow a step
+  down; data loading excluded: the batch is fetched before the clock starts), and so images/s,
+  where an image is one forward pass of one view;
 - peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak resident set size
   (``ru_maxrss``) of the row's own process, at the *measured* batch (weights, optimiser state,
   activations and the Python process itself).
@@ -58,6 +59,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {  # row -> (preset, overrides)
 }
 REFERENCE = "ULFine"
 RATIO_KEYS = ("iterations", "images", "flops", "wall_hours")
+MIN_SECONDS, MAX_STEPS = 10.0, 20  # cheap rows keep stepping for 10 s (more samples for the minimum)
 CLIP = ["model.pretrained=none", "model.text_cache_dir=null"]  # ViT-B/16 (the default arch), random
 MEASURE = ["data.dataset=synthetic10", "data.num_labeled_head=20", "data.num_unlabeled_head=40",
            "data.imbalance_labeled=10", "data.imbalance_unlabeled=10", "data.num_workers=0",
@@ -109,8 +111,9 @@ def measure(row: str, batch: int | None, device: str, steps: int) -> dict[str, A
         torch.backends.mha.set_fastpath_enabled(False)
         flops = count_step_flops(lambda: trainer.step(first, window))["flops"]  # also the warm-up
         torch.backends.mha.set_fastpath_enabled(True)
-        seconds = []
-        for _ in range(steps):
+        seconds: list[float] = []
+        started = time.perf_counter()
+        while len(seconds) < steps or (time.perf_counter() - started < MIN_SECONDS and len(seconds) < MAX_STEPS):
             host = next(stream)
             if device == "cuda":
                 torch.cuda.synchronize()
@@ -125,7 +128,7 @@ def measure(row: str, batch: int | None, device: str, steps: int) -> dict[str, A
             "finetune": cfg.finetune, "arch": cfg.model.arch, "input_px": trainer.parts.normalizer.size,
             "trainable_params": trainer.n_trainable, "measured_batch": cfg.train.batch_size,
             "measured_passes_per_step": passes_per_step(cfg), "step_flops_measured": flops,
-            "seconds_per_step": min(seconds), "peak_memory_bytes": int(peak),
+            "seconds_per_step": min(seconds), "timed_steps": len(seconds), "peak_memory_bytes": int(peak),
             "iterations": budget.train.epochs * budget.train.steps_per_epoch,
             "batch": budget.train.batch_size, "mu": budget.ssl.mu,
             "passes_per_step": passes_per_step(budget)}
@@ -159,7 +162,7 @@ def table(rows: list[dict[str, Any]], device: str) -> str:
         lines.append(
             f"| {r['row']} | {r['arch']} @ {r['input_px']} | {r['trainable_params'] / 1e6:.2f} M | "
             f"{r['iterations']:,} | {r['passes_per_step']} | {r['images'] / 1e6:.1f} M | "
-            f"{r['flops'] / 1e15:.1f} PFLOP | {r['images_per_s']:.1f} | {r['wall_hours']:.0f} h | "
+            f"{r['flops'] / 1e15:.1f} PFLOP | {r['images_per_s']:.3g} | {r['wall_hours']:.0f} h | "
             f"{r['peak_memory_bytes'] / 2**20:.0f} | {ratio} |")
     return "\n".join(lines)
 
@@ -208,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
     add_ratios(rows)
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"device: {device_name(torch.device(args.device))}; setting {SETTING}; {args.steps} timed steps "
-          f"per row; {time.perf_counter() - t0:.0f} s in all; load average at the end {load}\n")
+    print(f"device: {device_name(torch.device(args.device))}; setting {SETTING}; fastest of at least "
+          f"{args.steps} timed steps per row (cheap rows: {MIN_SECONDS:.0f} s of steps); "
+          f"{time.perf_counter() - t0:.0f} s in all; load average at the end {load}\n")
     print(table(rows, args.device))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
