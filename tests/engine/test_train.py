@@ -102,8 +102,9 @@ def test_cached_diagnostic_features_follow_the_seeded_subset(tmp_path):
     assert cached["pseudo_labels"]["accuracy"] == pytest.approx(fresh["pseudo_labels"]["accuracy"])
 
 
-def test_unlabeled_ground_truth_never_reaches_training(tmp_path, monkeypatch):
-    cfg_args = ("method=fixmatch", "finetune=lft", "ssl.tau=0.0")
+@pytest.mark.parametrize("method", ["fixmatch", "acr"])  # acr: its distribution estimate too
+def test_unlabeled_ground_truth_never_reaches_training(tmp_path, monkeypatch, method):
+    cfg_args = (f"method={method}", "finetune=lft", "ssl.tau=0.0", "acr.estimate_from_epoch=0")
     base = train(tiny_config(tmp_path / "a", *cfg_args))
     real = ulfine.data.build_ssl_data
 

@@ -137,6 +137,7 @@ class ACR(Method):
         self.register_buffer("kl_steps", torch.zeros(()))  # steps of this epoch that moved the estimate
         self.register_buffer("pending_counts", torch.zeros(k))
         self._step = 0  # optimiser step of the latest batch (Batch.step)
+        self._from_labeled: torch.Tensor | None = None  # ctx.unlabeled_from_labeled on the device
 
     def estimating(self, step: int) -> bool:
         """Is the unlabeled distribution estimated during optimiser step ``step``?"""
@@ -162,9 +163,11 @@ class ACR(Method):
         (unlabeled copies of labeled images excluded, as ACR's code does)."""
         keep = t.balanced_pred_mask
         if self.ctx.unlabeled_from_labeled is not None and idx_u is not None:
-            keep = keep & ~self.ctx.unlabeled_from_labeled.to(idx_u.device)[idx_u]
-        counts = torch.bincount(t.balanced_pred[keep], minlength=self.ctx.num_classes)
-        self.pending_counts += counts.to(self.pending_counts.dtype)
+            if self._from_labeled is None or self._from_labeled.device != idx_u.device:
+                self._from_labeled = self.ctx.unlabeled_from_labeled.to(idx_u.device)
+            keep = keep & ~self._from_labeled[idx_u]
+        # an index_add, not bincount of a masked selection: no device synchronisation
+        self.pending_counts.index_add_(0, t.balanced_pred, keep.to(self.pending_counts.dtype))
 
     def training_step(self, batch: Batch) -> StepOutput:
         if batch.u_w is None or batch.u_s2 is None:
