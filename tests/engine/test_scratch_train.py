@@ -41,9 +41,9 @@ def initial_weights(cfg) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("method", [
     pytest.param("supervised", marks=pytest.mark.slow),
-    "fixmatch",
+    pytest.param("fixmatch", marks=pytest.mark.slow),
     pytest.param("fixmatch_la", marks=pytest.mark.slow),
-    "acr",
+    "acr",  # the one with its own state: in the fast suite
 ])
 def test_scratch_resume_equals_uninterrupted(tmp_path, method):
     # ssl.tau=0: every pseudo-label is used; acr estimates from epoch 0, so its tau moves at the
