@@ -6,6 +6,11 @@ the keys that differ from the schema defaults (``ulfine.config.schema``), so pre
 and defaults live in one place. Run ``python scripts/make_presets.py`` after changing a setting
 or a schema default; ``--check`` exits 1 if a file is missing or out of date (used by the tests).
 The micro-world helper's ``microworld_*.yaml`` presets are not written or checked here.
+
+Every standard setting also gets a ``<setting>_scratch`` preset: the same data split, a backbone
+trained from scratch (WRN-28-2 at 32 px; ResNet-50 for ImageNet-127) and the field's budget,
+taken from ACR's released code (``SCRATCH_RECIPE``; docs/method.md section 5 says where each
+value comes from). Choose the method on the command line (``method=acr``, ``fixmatch``, ...).
 """
 
 from __future__ import annotations
@@ -33,6 +38,22 @@ CIFAR_GRID: list[tuple[str, int, int, tuple[int, ...]]] = [
 ]
 STL_GRID: list[tuple[int, int]] = [(150, 10), (150, 20), (450, 10), (450, 20)]
 IMAGENET_SIZES = (32, 64)
+
+# The scratch LTSSL budget of ACR's train.py (Wei & Gan 2023) and its README commands: 250k
+# steps as 500 "epochs" of 500 steps (--total-steps, --eval-step), labeled batch 64, mu 1 (its
+# --mu default; two strong views per unlabeled image come with method=acr), threshold 0.95, SGD
+# lr 0.03 with Nesterov momentum 0.9 and weight decay 5e-4 (not on biases/BN), FixMatch's
+# cos(7 pi t / 16) schedule without warm-up, EMA 0.999 evaluated, and the mean of the last 20
+# evaluations (the "Mean top-1 acc" its log prints).
+SCRATCH_RECIPE: dict[str, Any] = {
+    "head": "linear",
+    "finetune": "fft",
+    "ssl": {"tau": 0.95, "mu": 1, "lambda_u": 1.0},
+    "optim": {"name": "sgd", "lr": 0.03, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+              "warmup_steps": 0, "schedule": "cosine_7_16"},
+    "train": {"epochs": 500, "steps_per_epoch": 500, "batch_size": 64, "ema": 0.999},
+    "eval": {"last_k": 20},
+}
 
 
 def _fmt(x: float) -> str:
@@ -129,12 +150,31 @@ def smoke_presets() -> dict[str, tuple[str, dict[str, Any]]]:
     return {"synthetic_smoke": (desc, cfg)}
 
 
+def scratch_model(setting: dict[str, Any]) -> dict[str, Any]:
+    """The scratch backbone of a setting: ResNet-50 at the images' size for ImageNet-127 (ACR's
+    choice), WRN-28-2 at 32 px otherwise (STL-10's 96 px images are resized to 32, as ACR does)."""
+    data = setting["data"]
+    if data["dataset"] == "imagenet127":
+        return {"arch": "resnet50", "pretrained": "none", "image_size": data["image_size"]}
+    return {"arch": "wrn-28-2", "pretrained": "none"}
+
+
+def scratch_presets(standard: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """``<name>_scratch`` for every standard setting: its data, a scratch backbone, ACR's budget."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, (desc, setting) in standard.items():
+        model = scratch_model(setting)
+        full = {**setting, **SCRATCH_RECIPE, "model": model}
+        out[f"{name}_scratch"] = (f"{desc}; from scratch: {model['arch']}, 250k steps of batch 64 (ACR's budget)", full)
+    return out
+
+
 def all_presets() -> dict[str, tuple[str, dict[str, Any]]]:
     """Every preset this script owns: name -> (one-line description, full setting)."""
-    out: dict[str, tuple[str, dict[str, Any]]] = {}
-    for part in (cifar_presets(), stl_presets(), imagenet_presets(), smoke_presets()):
-        out.update(part)
-    return out
+    standard: dict[str, tuple[str, dict[str, Any]]] = {}
+    for part in (cifar_presets(), stl_presets(), imagenet_presets()):
+        standard.update(part)
+    return {**standard, **scratch_presets(standard), **smoke_presets()}
 
 
 def diff_from_defaults(setting: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

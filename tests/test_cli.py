@@ -121,3 +121,18 @@ def test_train_takes_an_image_folder_or_no_preset(tmp_path):
     assert data_config(load_config("cifar10_n500_m4000_g100_consistent")).image_size is None  # native 32 px
     assert _train_args(build_parser().parse_args(["train", "method=supervised", "seed=1"])) == (
         None, ["method=supervised", "seed=1"])
+
+
+def test_every_standard_setting_has_a_scratch_preset():
+    """<setting>_scratch: the same split, a scratch backbone and ACR's budget."""
+    from ulfine.config import load_config
+
+    names = set(list_presets())
+    standard = [n for n in names if not n.endswith("_scratch") and n.startswith(("cifar", "stl10", "imagenet127"))]
+    assert len(standard) == 30 and all(f"{n}_scratch" in names for n in standard)
+    for name in ("cifar100_n50_m400_g20_reversed", "imagenet127_64px"):
+        clip, scratch = load_config(name), load_config(f"{name}_scratch")
+        assert scratch.data == clip.data and scratch.model.pretrained == "none" and scratch.finetune == "fft"
+        assert scratch.train.epochs * scratch.train.steps_per_epoch == 250_000 and scratch.train.batch_size == 64
+    assert load_config("imagenet127_64px_scratch").model.image_size == 64
+    assert load_config("stl10_n450_g10_scratch").model.arch == "wrn-28-2"

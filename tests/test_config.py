@@ -113,3 +113,32 @@ def test_resolved_config_round_trips(tmp_path, preset_root):
     assert saved["ssl"]["tau"] == 0.9 and saved["ulfine"]["prior"] == "labeled+pseudo"
     assert "optim" in saved and saved["optim"]["lr"] == 0.03  # defaults are written too
     assert load_saved_config(tmp_path / "run" / "config.yaml") == cfg
+
+
+def test_budget_cuts_epochs_first_then_steps():
+    """--budget F: ACR's 500 x 500 steps cut to 0.1 -> 50 epochs of 500; to 0.001 -> 1 epoch of 250."""
+    from ulfine.config.loader import apply_budget
+
+    full = load_config(None, ["train.epochs=500", "train.steps_per_epoch=500"])
+    assert (apply_budget(full, 0.1).train.epochs, apply_budget(full, 0.1).train.steps_per_epoch) == (50, 500)
+    short = load_config(None, ["train.epochs=500", "train.steps_per_epoch=500"], budget=0.001)
+    assert (short.train.epochs, short.train.steps_per_epoch) == (1, 250)
+    assert apply_budget(full, 1.0) is full and full.train.epochs == 500  # the input is not changed
+    with pytest.raises(ConfigError, match="--budget must be in"):
+        apply_budget(full, 0.0)
+
+
+def test_fixmatch_cosine_schedule_and_nesterov_by_hand():
+    import math
+
+    import torch
+
+    from ulfine.engine.optim import build_optimizer
+    from ulfine.schedule import lr_factor
+
+    assert lr_factor(0, 100, 0, "cosine_7_16") == 1.0
+    assert lr_factor(50, 100, 0, "cosine_7_16") == pytest.approx(math.cos(7 * math.pi * 0.5 / 16))
+    assert lr_factor(100, 100, 0, "cosine_7_16") == pytest.approx(math.cos(7 * math.pi / 16))  # ~0.195
+    cfg = load_config(None, ["optim.nesterov=true"])
+    opt = build_optimizer(torch.nn.Linear(2, 2), cfg.optim)
+    assert all(g["nesterov"] for g in opt.param_groups)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 #: fields holding images (or features): the ones a normaliser applies to
-IMAGE_FIELDS = ("x_l", "u_w", "u_s")
+IMAGE_FIELDS = ("x_l", "u_w", "u_s", "u_s2")
 
 
 @dataclass
@@ -27,6 +27,8 @@ class Batch:
     With ``data.augment_on=device`` the host batch carries the raw images (``x_l`` unaugmented,
     ``u_w`` the unlabeled image, ``u_s`` None) until :class:`ulfine.data.device_augment.DeviceAugmenter`
     makes the views on the device.
+    ``u_s2`` is a second strong view of the same unlabeled images, for methods that ask for two
+    (``Method.strong_views = 2``, ACR); None otherwise.
     ``idx_u`` are indices into the unlabeled set (for per-sample memories such as PAF's P_u);
     ``step`` is the optimiser step the batch belongs to.
     """
@@ -37,6 +39,7 @@ class Batch:
     u_s: torch.Tensor | None = None
     idx_u: torch.Tensor | None = None
     step: int = 0
+    u_s2: torch.Tensor | None = None
 
     @property
     def num_labeled(self) -> int:

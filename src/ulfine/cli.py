@@ -170,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine import train
 
     preset, overrides = _train_args(args)
-    cfg = load_config(preset, _with_plugins(args, overrides))
+    cfg = load_config(preset, _with_plugins(args, overrides), budget=args.budget)
     run_dir = train(cfg)
     if _is_main_process():
         try:
@@ -312,6 +312,9 @@ def _add_config_commands(sub: Subparsers) -> None:
     p.add_argument("preset", nargs="?", help="preset name (see `ulfine presets`) or a YAML file; optional")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--data", metavar="PATH", help="your image folder: the `folder` preset with data.root=PATH")
+    p.add_argument("--budget", type=float, default=None, metavar="FRACTION",
+                   help="train on this fraction of the preset's epochs x steps (e.g. 0.001 for a "
+                   "smoke run of a 250k-step scratch preset); the run records the shortened budget")
     p.set_defaults(func=cmd_train)
     plain_help = p.format_help
     p.format_help = lambda: plain_help() + "\n" + _registered_text()  # registries load only for help

@@ -1,5 +1,7 @@
 """String registries, so that adding a dataset, fine-tuning mode, PEFT module or method is adding
 one file and one name (as in timm's ``@register_model``), from ulfine or from a user's plugin.
+Backbones trained from scratch (WRN-28-2, ResNet-50) are registered by architecture name in
+:data:`BACKBONES`; any other ``model.arch`` is an open_clip architecture.
 
 The registries live here, at the bottom of the house, so that the config layer can validate
 ``method=``, ``finetune=``, ``peft=`` and each method's options against what is registered
@@ -93,6 +95,9 @@ METHODS: Registry[Any] = Registry("method")
 FINETUNE_MODES: Registry[Any] = Registry("finetune mode")
 PEFT_MODULES: Registry[Any] = Registry("PEFT module")
 DATASETS: Registry[Any] = Registry("dataset")
+#: backbones built by ulfine (random initialisation, no text tower), by ``model.arch``; an arch
+#: not registered here is looked up in open_clip
+BACKBONES: Registry[Any] = Registry("backbone")
 
 #: registries whose entries may declare an options section of the config
 OPTION_REGISTRIES: tuple[Registry[Any], ...] = (METHODS, PEFT_MODULES)
@@ -129,6 +134,6 @@ def load_builtins() -> None:
 
 
 __all__ = [
-    "BUILTIN_MODULES", "DATASETS", "ENTRY_POINT_GROUP", "FINETUNE_MODES", "METHODS",
+    "BACKBONES", "BUILTIN_MODULES", "DATASETS", "ENTRY_POINT_GROUP", "FINETUNE_MODES", "METHODS",
     "OPTION_REGISTRIES", "PEFT_MODULES", "Registry", "load_builtins", "load_plugin",
 ]

@@ -22,16 +22,16 @@ def data():
     return build_ssl_data(cfg, 0)
 
 
-@pytest.mark.parametrize("world,rank", [(1, 0), (2, 1)])
-def test_device_views_equal_the_host_views(data, world, rank):
-    host = ssl_batches(data, 8, 2, seed=3, start_step=5, rank=rank, world_size=world)
+@pytest.mark.parametrize("world,rank,strong", [(1, 0, 1), (2, 1, 1), (1, 0, 2)])
+def test_device_views_equal_the_host_views(data, world, rank, strong):
+    host = ssl_batches(data, 8, 2, seed=3, start_step=5, rank=rank, world_size=world, strong_views=strong)
     raw = ssl_batches(data, 8, 2, seed=3, start_step=5, rank=rank, world_size=world, raw=True)
-    augment = DeviceAugmenter(3, 8, 2, rank, world)
+    augment = DeviceAugmenter(3, 8, 2, rank, world, strong_views=strong)
     for _ in range(3):
         h, r = next(host), next(raw)
         assert r.u_s is None and not torch.equal(r.u_w, h.u_w)  # the raw batch really is unaugmented
         d = augment(r)
-        for field in ("x_l", "u_w", "u_s"):
+        for field in ("x_l", "u_w", "u_s") + (("u_s2",) if strong == 2 else ()):
             diff = (getattr(h, field).int() - getattr(d, field).int()).abs().max().item()
             assert diff <= 1, (field, diff)  # one grey level (exact on the CPU)
         assert torch.equal(h.idx_u, d.idx_u) and torch.equal(h.y_l, d.y_l)
@@ -39,7 +39,7 @@ def test_device_views_equal_the_host_views(data, world, rank):
 
 def test_draw_frequencies_match_randaugment():
     n = 4000
-    weak, strong = draw_params(list(range(n)), 32, unlabeled=True)
+    weak, (strong,) = draw_params(list(range(n)), 32, strong_views=1)
     ops = strong.ops.flatten()
     freq = torch.bincount(ops, minlength=len(OPS)).float() / len(ops)
     tol = 4 * math.sqrt((1 / 14) * (13 / 14) / len(ops))  # 4 standard deviations

@@ -97,6 +97,20 @@ def test_batch_contents(data):
         assert hits and int(data.labeled.labels[hits[0]]) == int(y)
 
 
+def test_second_strong_view_for_acr(data):
+    """strong_views=2 adds u_s2, another strong view of the same images, drawn after the first: the
+    weak and first strong views are exactly those of the one-view stream."""
+    one = next(ssl_batches(data, 8, 2, seed=4))
+    two = next(ssl_batches(data, 8, 2, seed=4, strong_views=2))
+    assert one.u_s2 is None and two.u_s2.shape == two.u_s.shape == (16, 3, 32, 32)
+    for f in ("x_l", "u_w", "u_s", "idx_u"):
+        assert torch.equal(getattr(one, f), getattr(two, f)), f
+    assert not torch.equal(two.u_s, two.u_s2)
+    assert torch.equal(next(ssl_batches(data, 8, 2, seed=4, strong_views=2, num_workers=2)).u_s2, two.u_s2)
+    micro = two.split(2)
+    assert [m.u_s2.shape[0] for m in micro] == [8, 8] and torch.equal(micro[1].u_s2, two.u_s2[8:])
+
+
 def test_epoch_covers_labeled_set_once(data):
     n = len(data.labeled)  # 71 labeled images; batch 71 -> one epoch per step
     b = next(ssl_batches(data, batch_size=n, mu=1, seed=3, augment=False, unlabeled=False))

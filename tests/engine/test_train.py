@@ -126,9 +126,9 @@ def _relabel(monkeypatch, label: int) -> None:
     monkeypatch.setattr(ulfine.engine.assemble, "build_ssl_data", relabelled)
 
 
-@pytest.mark.parametrize("method", ["fixmatch", "ulfine"])
+@pytest.mark.parametrize("method", ["fixmatch", "ulfine", "acr"])  # acr: its distribution estimate too
 def test_unlabeled_ground_truth_never_reaches_training(tmp_path, monkeypatch, method):
-    cfg_args = (f"method={method}", "finetune=lft", "ssl.tau=0.0", "ulfine.mu_paf=0.5")
+    cfg_args = (f"method={method}", "finetune=lft", "ssl.tau=0.0", "ulfine.mu_paf=0.5", "acr.estimate_from_epoch=0")
     cfg = tiny_config(tmp_path / "a", *cfg_args)
     init = initial_weights(cfg)
     base = train(cfg)
@@ -214,10 +214,19 @@ def test_resume_refuses_data_that_gives_another_split(tmp_path, monkeypatch):
     assert (part / "split.json").read_text() == saved  # the record was not overwritten
 
 
-@pytest.mark.parametrize("method", ["fixmatch", "ulfine"])
-def test_grad_accumulation_matches_one_big_batch(tmp_path, method):
+ACCUMULATION_EXTRA = {
+    "fixmatch": ["ssl.tau=0.0"],
     # ulfine: the visual-prototype EMA and the momentum fitting see the whole step's batch too
-    extra = ["ulfine.mu_paf=0.5", "ssl.tau=0.1"] if method == "ulfine" else ["ssl.tau=0.0"]
+    "ulfine": ["ulfine.mu_paf=0.5", "ssl.tau=0.1"],
+    # acr (a scratch method, here on the LayerNorm micro ViT): the class counts behind its
+    # distribution estimate and tau are the whole step's too; every pseudo-label used
+    "acr": ["ssl.tau=0.0", "acr.estimate_from_epoch=0", "acr.ema_u=0.5"],
+}
+
+
+@pytest.mark.parametrize("method", list(ACCUMULATION_EXTRA))
+def test_grad_accumulation_matches_one_big_batch(tmp_path, method):
+    extra = ACCUMULATION_EXTRA[method]
     cfg = tiny_config(tmp_path / "a", f"method={method}", "finetune=lft", *extra)
     init = initial_weights(cfg)
     a = train(cfg)
@@ -231,6 +240,8 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path, method):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
     if method == "ulfine":
         assert wa["alpha"].max() == 0.5  # PAF really ran: a class has the largest P_u
+    if method == "acr":
+        assert wa["tau"].item() != 2.0  # the estimate moved tau at the epoch's end
 
 
 class _DtypeProbe(Method):

@@ -32,8 +32,10 @@ def test_every_benchmark_setting_has_a_preset():
         for g in gs for o in ("consistent", "uniform", "reversed")
     }
     expected |= {"stl10_n150_g10", "stl10_n150_g20", "stl10_n450_g10", "stl10_n450_g20"}
-    expected |= {"imagenet127_32px", "imagenet127_64px", "synthetic_smoke"}
-    assert set(OURS) == expected and len(OURS) == 31
+    expected |= {"imagenet127_32px", "imagenet127_64px"}
+    expected |= {f"{name}_scratch" for name in expected}  # the same settings from scratch
+    expected |= {"synthetic_smoke"}
+    assert set(OURS) == expected and len(OURS) == 61
     assert set(OURS) <= set(list_presets())
 
 
@@ -47,8 +49,9 @@ def test_preset_files_are_up_to_date(tmp_path):
 
 @pytest.mark.parametrize("name", OURS)
 def test_preset_loads_with_a_description(name):
-    cfg = load_config(name, ["method=ulfine"])
-    assert cfg.preset == name and cfg.method == "ulfine"
+    method = "acr" if name.endswith("_scratch") else "ulfine"  # ULFine needs CLIP's text tower
+    cfg = load_config(name, [f"method={method}"])
+    assert cfg.preset == name and cfg.method == method
     desc = list_presets()[name]
     assert len(desc) > 20
     text = (ROOT / "configs" / "presets" / f"{name}.yaml").read_text()

@@ -130,6 +130,12 @@ def check_fingerprint(backbone: CLIPBackbone, spec: dict[str, Any]) -> None:
                            "it with --include-backbone or provide the original weights")
 
 
+def _prototypes(tensors: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor | None:
+    """The text prototypes stored with the model (None for a backbone without a text tower)."""
+    protos = tensors.pop(PROTOTYPES_KEY, None)
+    return None if protos is None else protos.to(device)
+
+
 def load_model_dir(model_dir: Path, device: str = "auto", precision: str | None = None) -> Classifier:
     """An exported model folder: backbone from its reference (fingerprint checked), fine-tuning and
     method from the registries, tensors from ``model.safetensors``; no data needed."""
@@ -142,7 +148,7 @@ def load_model_dir(model_dir: Path, device: str = "auto", precision: str | None 
     ctx = MethodContext(
         num_classes=len(spec["class_names"]), class_names=list(spec["class_names"]),
         labeled_counts=torch.as_tensor(spec["labeled_counts"], dtype=torch.long),
-        text_prototypes=tensors.pop(PROTOTYPES_KEY).to(rt.device), logit_scale=float(backbone.logit_scale),
+        text_prototypes=_prototypes(tensors, rt.device), logit_scale=float(backbone.logit_scale),
         num_unlabeled=int(spec["num_unlabeled"]), feature_dim=int(backbone.embed_dim), collectives=rt.collectives(),
     )
     parts = assemble_model(cfg, rt, backbone, ctx, feature_mode=False)  # the real tower, even for feature-mode runs
@@ -165,7 +171,8 @@ def _model_tensors(parts: RunParts) -> dict[str, torch.Tensor]:
     """The method's trained tensors and state (float ones as fp32) plus the text prototypes."""
     state = weight_state(parts.method)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    state[PROTOTYPES_KEY] = parts.method.ctx.text_prototypes.detach().float().cpu().contiguous()
+    if parts.method.ctx.text_prototypes is not None:  # scratch backbones have no text tower
+        state[PROTOTYPES_KEY] = parts.method.ctx.text_prototypes.detach().float().cpu().contiguous()
     return state
 
 

@@ -117,14 +117,38 @@ def build_config(data: dict[str, Any]) -> Config:
         raise ConfigError(format_validation_error(exc)) from None
 
 
-def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Load ``preset`` (a name under configs/presets or a YAML path), apply overrides, validate."""
+def apply_budget(config: Config, fraction: float) -> Config:
+    """``config`` with its training budget (epochs x steps per epoch) cut to ``fraction`` of it.
+
+    Why: the field's scratch budget (250k steps) is for a GPU week, not a smoke run. Epochs are
+    cut first (at least 1), then the steps of each epoch, so a short run still ends in an
+    evaluation and a scheduled epoch boundary; the schedule spans the shortened budget. The
+    returned config is the one that runs (its ``train.epochs``/``steps_per_epoch`` are the
+    shortened values), so resuming or re-evaluating it never shortens it twice.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"--budget must be in (0, 1], got {fraction}")
+    epochs, steps = config.train.epochs, config.train.steps_per_epoch
+    if fraction == 1.0 or epochs == 0:
+        return config
+    target = max(1, round(epochs * steps * fraction))
+    new_epochs = max(1, round(epochs * fraction))
+    new_steps = max(1, round(target / new_epochs))
+    train = config.train.model_copy(update={"epochs": new_epochs, "steps_per_epoch": new_steps})
+    return config.model_copy(update={"train": train})
+
+
+def load_config(preset: str | None = None, overrides: list[str] | None = None,
+                budget: float | None = None) -> Config:
+    """Load ``preset`` (a name under configs/presets or a YAML path), apply overrides, validate;
+    ``budget`` (a fraction) shortens the training budget (:func:`apply_budget`)."""
     data: dict[str, Any] = {}
     if preset is not None:
         data = _read_preset(preset)
         data.setdefault("preset", Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset)
     data = deep_merge(data, parse_overrides(list(overrides or [])))
-    return build_config(data)
+    config = build_config(data)
+    return apply_budget(config, budget) if budget is not None else config
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -21,7 +21,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
-from ..registry import FINETUNE_MODES, METHODS, OPTION_REGISTRIES, PEFT_MODULES, load_builtins, load_plugin
+from ..registry import (
+    BACKBONES,
+    FINETUNE_MODES,
+    METHODS,
+    OPTION_REGISTRIES,
+    PEFT_MODULES,
+    load_builtins,
+    load_plugin,
+)
 
 
 class Section(BaseModel):
@@ -102,9 +110,13 @@ class DataConfig(Section):
 
 # -------------------------------------------------------------------------------------- model
 class ModelConfig(Section):
-    """The CLIP backbone: an open_clip architecture plus its weights."""
+    """The backbone: an open_clip architecture plus its weights, or a scratch network."""
 
-    arch: str = Field("ViT-B-16", description="open_clip model name, or a registered tiny arch")
+    arch: str = Field(
+        "ViT-B-16",
+        description="open_clip model name, a registered tiny arch, or a scratch backbone "
+        "(wrn-28-2, resnet50: random weights, no text tower)",
+    )
     pretrained: str = Field(
         "openai",
         description="open_clip pretrained tag (openai, laion2b_s34b_b88k, ...), a local "
@@ -116,6 +128,10 @@ class ModelConfig(Section):
     )
     text_cache_dir: Path | None = Field(
         Path(".cache/ulfine/text"), description="cache for text prototypes; null disables"
+    )
+    image_size: int | None = Field(
+        None, ge=8, description="input side of a scratch backbone (null: the arch's own, 32 px); "
+        "open_clip weights fix their own"
     )
 
 
@@ -149,9 +165,12 @@ class OptimConfig(Section):
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.03, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = Field(False, description="Nesterov momentum (FixMatch/ACR/USB scratch recipes)")
     weight_decay: float = Field(5e-4, ge=0.0)
     warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "cosine_7_16", "constant"] = Field(
+        "cosine", description="cosine to 0; cosine_7_16: lr*cos(7 pi t / 16T), FixMatch's; constant"
+    )
     grad_accum: int = Field(1, ge=1, description="gradient accumulation micro-steps")
     clip_grad_norm: float | None = Field(None, gt=0.0)
 
@@ -331,6 +350,29 @@ class Config(Section):
             if value not in registry:
                 raise ConfigError(f"invalid config: {key}: unknown {registry.kind} {value!r}; "
                                   f"choose one of: {', '.join(registry.names())}")
+        return self
+
+    @model_validator(mode="after")
+    def _backbone_fits(self) -> "Config":
+        """A scratch backbone (``BACKBONES``) starts from random weights, trains all of them and has
+        no text tower: refuse, before any work, what cannot apply to it."""
+        arch, model = self.model.arch, self.model
+        if arch not in BACKBONES:
+            if model.image_size is not None:
+                raise ConfigError(f"invalid config: model.image_size applies to scratch backbones "
+                                  f"only; the weights of model.arch={arch} fix its input size")
+            return self
+        spec = BACKBONES.get(arch)
+        if model.pretrained != "none":
+            raise ConfigError(f"invalid config: model.arch={arch} trains from scratch: set "
+                              "model.pretrained=none")
+        if self.finetune not in spec.finetune_modes:
+            raise ConfigError(f"invalid config: model.arch={arch} trains from scratch, so every "
+                              f"weight trains: use finetune={'|'.join(spec.finetune_modes)} "
+                              f"(got {self.finetune})")
+        reason = None if spec.has_text else METHODS.get(self.method).text_need(self.head)
+        if reason:
+            raise ConfigError(f"invalid config: model.arch={arch} has no text tower, but {reason}")
         return self
 
     def options_for(self, name: str) -> BaseModel | None:

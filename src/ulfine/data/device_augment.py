@@ -59,25 +59,19 @@ def _draw_ops(g: torch.Generator, size: int) -> tuple[list[int], list[bool]]:
     return ops, negate
 
 
-def draw_params(seeds: list[int], size: int, unlabeled: bool) -> tuple[ViewParams, ViewParams | None]:
-    """Per-sample draws of the weak view (labeled) or of the weak then the strong view (unlabeled),
+def draw_params(seeds: list[int], size: int, strong_views: int = 0) -> tuple[ViewParams, list[ViewParams]]:
+    """Per-sample draws of the weak view, then of ``strong_views`` strong views (unlabeled images),
     in the host path's order on generators seeded like the host path's."""
     pad = crop_padding(size)
-    weak, strong, ops, neg = [], [], [], []
+    weak: list[tuple[int, int, bool]] = []
+    strong: list[list[tuple]] = [[] for _ in range(strong_views)]
     for seed in seeds:
         g = torch.Generator().manual_seed(seed)
         weak.append(_draw_weak(g, pad))
-        if unlabeled:
-            strong.append(_draw_weak(g, pad))
-            o, n = _draw_ops(g, size)
-            ops.append(o)
-            neg.append(n)
+        for view in strong:
+            view.append((*_draw_weak(g, pad), *_draw_ops(g, size)))
     as_params = lambda rows: ViewParams(*(torch.tensor(c) for c in zip(*rows)))
-    if not unlabeled:
-        return as_params(weak), None
-    sp = as_params(strong)
-    sp.ops, sp.negate = torch.tensor(ops), torch.tensor(neg)
-    return as_params(weak), sp
+    return as_params(weak), [as_params(rows) for rows in strong]
 
 
 def weak_views(x: torch.Tensor, p: ViewParams) -> torch.Tensor:
@@ -117,8 +111,8 @@ class DeviceAugmenter:
     uint8) into the augmented batch the host path would have produced for the same step."""
 
     def __init__(self, seed: int, batch_size: int, mu: int, rank: int = 0, world_size: int = 1,
-                 augment_labeled: bool = True) -> None:
-        self.seed, self.augment_labeled = seed, augment_labeled
+                 augment_labeled: bool = True, strong_views: int = 1) -> None:
+        self.seed, self.augment_labeled, self.strong_views = seed, augment_labeled, strong_views
         self.lo_l, _ = rank_range(batch_size, rank, world_size, "batch_size")
         self.lo_u, _ = rank_range(mu * batch_size, rank, world_size, "mu x batch_size")
 
@@ -128,14 +122,15 @@ class DeviceAugmenter:
     def __call__(self, batch: Batch) -> Batch:
         x_l, size = batch.x_l, batch.x_l.shape[-1]
         if self.augment_labeled:
-            weak, _ = draw_params(self._seeds(LABELED, batch.step, self.lo_l, len(x_l)), size, unlabeled=False)
+            weak, _ = draw_params(self._seeds(LABELED, batch.step, self.lo_l, len(x_l)), size)
             x_l = weak_views(x_l, weak)
         if batch.u_w is None:
             return Batch(x_l, batch.y_l, step=batch.step)
         raw = batch.u_w
-        weak, strong = draw_params(self._seeds(UNLABELED, batch.step, self.lo_u, len(raw)), size, unlabeled=True)
-        return Batch(x_l, batch.y_l, weak_views(raw, weak), randaugment(weak_views(raw, strong), strong),
-                     batch.idx_u, batch.step)
+        weak, strong = draw_params(self._seeds(UNLABELED, batch.step, self.lo_u, len(raw)), size, self.strong_views)
+        views = [randaugment(weak_views(raw, p), p) for p in strong]
+        return Batch(x_l, batch.y_l, weak_views(raw, weak), views[0], batch.idx_u, batch.step,
+                     views[1] if len(views) > 1 else None)
 
 
 __all__ = ["OPS", "DeviceAugmenter", "ViewParams", "draw_params", "randaugment", "weak_views"]

@@ -125,9 +125,9 @@ class _SSLDataset(Dataset):
     """Turns a request into an augmented sample, with randomness seeded by the request."""
 
     def __init__(self, labeled: ImageSet, unlabeled: ImageSet | None, views: Views, seed: int,
-                 augment: bool, raw: bool = False) -> None:
+                 augment: bool, raw: bool = False, strong_views: int = 1) -> None:
         self.labeled, self.unlabeled, self.views = labeled, unlabeled, views
-        self.seed, self.augment, self.raw = seed, augment, raw
+        self.seed, self.augment, self.raw, self.strong_views = seed, augment, raw, strong_views
 
     def __len__(self) -> int:
         return len(self.labeled)
@@ -147,7 +147,8 @@ class _SSLDataset(Dataset):
                 return role, x, int(self.labeled.labels[index]), index
             assert self.unlabeled is not None
             img = _to_chw(self.unlabeled.load(index))
-            return role, self.views.weak(img), self.views.strong(img), index
+            weak = self.views.weak(img)  # drawn first: one strong view gives the same stream as ever
+            return role, weak, tuple(self.views.strong(img) for _ in range(self.strong_views)), index
 
 
 def _collate(items: list) -> Batch:
@@ -156,13 +157,13 @@ def _collate(items: list) -> Batch:
     step = 0
     x_l = torch.stack([it[1] for it in lab])
     y_l = torch.tensor([it[2] for it in lab], dtype=torch.int64)
+    u_w = u_s = u_s2 = idx_u = None
     if unl:
         u_w = torch.stack([it[1] for it in unl])
-        u_s = torch.stack([it[2] for it in unl]) if unl[0][2] is not None else None
+        u_s = torch.stack([it[2][0] for it in unl]) if unl[0][2] is not None else None
+        u_s2 = torch.stack([it[2][1] for it in unl]) if unl[0][2] is not None and len(unl[0][2]) > 1 else None
         idx_u = torch.tensor([it[3] for it in unl], dtype=torch.int64)
-    else:
-        u_w = u_s = idx_u = None
-    return Batch(x_l, y_l, u_w, u_s, idx_u, step)
+    return Batch(x_l, y_l, u_w, u_s, idx_u, step, u_s2)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -185,22 +186,23 @@ def _loader(dataset: Dataset, batch_sampler, num_workers: int, collate,  # noqa:
 
 def ssl_batches(data: SSLData, batch_size: int, mu: int, seed: int, start_step: int = 0,
                 num_workers: int = 0, rank: int = 0, world_size: int = 1, unlabeled: bool = True,
-                augment: bool = True, raw: bool = False) -> Iterator[Batch]:
+                augment: bool = True, raw: bool = False, strong_views: int = 1) -> Iterator[Batch]:
     """Endless training batches from ``start_step`` on; ``batch_size`` is global (all ranks).
 
     Each yield is this rank's slice: batch_size/world_size labeled images and, when
     ``unlabeled`` and the data has an unlabeled set, mu*batch_size/world_size unlabeled images
-    (weak and strong views of the same image, plus its index into ``data.unlabeled``).
+    (a weak and ``strong_views`` (1 or 2) strong views of the same image, plus its index into
+    ``data.unlabeled``).
     With ``raw`` the images come unaugmented (``u_w`` the unlabeled image, ``u_s`` None) for
     :class:`~ulfine.data.device_augment.DeviceAugmenter` to make the same views on the device.
     """
-    if batch_size < 1 or mu < 1 or start_step < 0:
-        raise ConfigError("batch_size and mu must be >= 1 and start_step >= 0")
+    if batch_size < 1 or mu < 1 or start_step < 0 or strong_views not in (1, 2):
+        raise ConfigError("batch_size and mu must be >= 1, start_step >= 0, strong_views 1 or 2")
     unl = data.unlabeled if unlabeled else None
     views = build_views(data.native_size)
     sampler = _StepSampler(len(data.labeled), len(unl) if unl is not None else 0, batch_size, mu,
                            seed, start_step, rank, world_size)
-    dataset = _SSLDataset(data.labeled, unl, views, seed, augment, raw)
+    dataset = _SSLDataset(data.labeled, unl, views, seed, augment, raw, strong_views)
     step = start_step
     for batch in _loader(dataset, sampler, num_workers, _collate, True):
         batch.step = step

@@ -1,9 +1,10 @@
 """The one place that assembles a run from its config.
 
 Seeding, the data split (checked against the run folder's ``split.json`` when there is one),
-the backbone with its fine-tuning strategy, the text prototypes, the feature-mode decision and
-the method. Training, re-evaluation and everything that loads a finished run later (prediction,
-export) go through :func:`assemble_run`, so a reloaded run is rebuilt by exactly the code that
+the backbone with its fine-tuning strategy, the text prototypes (none for a backbone without a
+text tower: ``ctx.text_prototypes`` is None), the feature-mode decision and the method.
+Training, re-evaluation and everything that loads a finished run later (prediction, export) go
+through :func:`assemble_run`, so a reloaded run is rebuilt by exactly the code that
 trained it. The order of the steps fixes how the global RNG is consumed (random backbones, PEFT
 and head initialisation), so a run is the same whoever assembles it.
 """
@@ -14,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,6 +29,7 @@ from ..models import (
     CLIPBackbone,
     DeviceNormalizer,
     ParamSummary,
+    ScratchBackbone,
     apply_finetune,
     build_backbone,
     input_size,
@@ -45,7 +48,7 @@ class RunParts:
 
     cfg: Config
     data: SSLData
-    backbone: CLIPBackbone  # the real backbone (also in feature mode: it computes the features)
+    backbone: CLIPBackbone | ScratchBackbone  # the real one (in feature mode it computes the features)
     method: Method  # its backbone is ``backbone``, or a CachedFeatures stand-in in feature mode
     normalizer: DeviceNormalizer  # uint8 (B,3,h,w) on the device -> normalised model input
     param_summary: ParamSummary  # trainable / total parameters of the backbone
@@ -95,7 +98,17 @@ def check_unlabeled(cfg: Config, data: SSLData) -> None:
         )
 
 
-def method_context(backbone: CLIPBackbone, data: SSLData, rt: Runtime, prototypes: torch.Tensor) -> MethodContext:
+def unlabeled_from_labeled(data: SSLData) -> torch.Tensor | None:
+    """(N_u,) bool: which unlabeled samples are labeled images too (``data.labeled_in_unlabeled``).
+    Split membership, known by construction; None when the unlabeled set is another pool."""
+    lab, unl = data.indices.get("labeled"), data.indices.get("unlabeled")
+    if data.unlabeled is None or lab is None or unl is None or unl.pool != lab.pool:
+        return None
+    return torch.from_numpy(np.isin(unl.indices, lab.indices))
+
+
+def method_context(cfg: Config, backbone: CLIPBackbone | ScratchBackbone, data: SSLData, rt: Runtime,
+                   prototypes: torch.Tensor | None) -> MethodContext:
     """What the method may know: class names and labeled counts, never unlabeled ground truth."""
     return MethodContext(
         num_classes=len(data.class_names),
@@ -106,21 +119,44 @@ def method_context(backbone: CLIPBackbone, data: SSLData, rt: Runtime, prototype
         num_unlabeled=len(data.unlabeled) if data.unlabeled is not None else 0,
         feature_dim=int(backbone.embed_dim),
         collectives=rt.collectives(),
+        steps_per_epoch=cfg.train.steps_per_epoch,
+        unlabeled_from_labeled=unlabeled_from_labeled(data),
     )
+
+
+def class_prototypes(cfg: Config, backbone: CLIPBackbone | ScratchBackbone, data: SSLData,
+                     device: torch.device) -> torch.Tensor | None:
+    """The text prototypes of the class names; None for a backbone without a text tower."""
+    if not backbone.has_text:
+        return None
+    with torch.no_grad():
+        return text_prototypes(
+            backbone, data.class_names, cfg.model.templates, cache_dir=cfg.model.text_cache_dir
+        ).to(device)
+
+
+def note_batch_statistics(cfg: Config, rt: Runtime, backbone: CLIPBackbone | ScratchBackbone) -> None:
+    """Say when BatchNorm makes processes / accumulation change the model, not only summation order:
+    its statistics are those of each micro-batch on each process (as in FixMatch's, ACR's and
+    USB's code), so 1 vs N processes or grad_accum 1 vs A train slightly different models."""
+    if backbone.batch_statistics and (rt.world_size > 1 or cfg.optim.grad_accum > 1):
+        log.warning("model.arch=%s uses BatchNorm: its statistics come from each process's micro-batch "
+                    "(%d processes x grad_accum %d), so this run is not the 1-process, 1-micro-batch one",
+                    cfg.model.arch, rt.world_size, cfg.optim.grad_accum)
 
 
 @dataclass
 class ModelParts:
     """A run's model without its data: what prediction and export need."""
 
-    backbone: CLIPBackbone
+    backbone: CLIPBackbone | ScratchBackbone
     method: Method
     normalizer: DeviceNormalizer
     param_summary: ParamSummary
     feature_mode: bool
 
 
-def assemble_model(cfg: Config, rt: Runtime, backbone: CLIPBackbone, ctx: MethodContext,
+def assemble_model(cfg: Config, rt: Runtime, backbone: CLIPBackbone | ScratchBackbone, ctx: MethodContext,
                    feature_mode: bool = False) -> ModelParts:
     """Fine-tuning applied to ``backbone`` and the method built on it, on ``rt.device``.
 
@@ -130,6 +166,7 @@ def assemble_model(cfg: Config, rt: Runtime, backbone: CLIPBackbone, ctx: Method
     """
     peft_opts = cfg.options_for(cfg.peft) or cfg.peft_options  # a plugin PEFT module's own section
     summary = apply_finetune(backbone, cfg.finetune, cfg.peft, peft_opts)
+    note_batch_statistics(cfg, rt, backbone)
     backbone.to(rt.device)
     seen_by_method: nn.Module = CachedFeatures(backbone) if feature_mode else backbone
     method = METHODS.get(cfg.method).from_config(cfg, seen_by_method, ctx).to(rt.device)
@@ -144,11 +181,9 @@ def assemble_run(cfg: Config, rt: Runtime, run_dir: Path | None = None) -> RunPa
     data = build_data(cfg, run_dir)
     check_unlabeled(cfg, data)
     backbone = build_backbone(cfg.model, device=rt.device)
-    with torch.no_grad():  # the text tower is frozen and consumes no RNG: before fine-tuning is fine
-        prototypes = text_prototypes(
-            backbone, data.class_names, cfg.model.templates, cache_dir=cfg.model.text_cache_dir
-        ).to(rt.device)
-    ctx = method_context(backbone, data, rt, prototypes)
+    # the text tower is frozen and consumes no RNG: its prototypes may come before fine-tuning
+    prototypes = class_prototypes(cfg, backbone, data, rt.device)
+    ctx = method_context(cfg, backbone, data, rt, prototypes)
     model = assemble_model(cfg, rt, backbone, ctx, feature_mode=uses_features(cfg))
     return RunParts(cfg, data, model.backbone, model.method, model.normalizer, model.param_summary,
                     model.feature_mode, rt.device)

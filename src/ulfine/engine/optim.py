@@ -27,7 +27,7 @@ def trainable_named_parameters(module: nn.Module) -> list[tuple[str, nn.Paramete
 
 
 def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, no Nesterov) or AdamW over ``module``'s trainable parameters."""
+    """SGD (momentum, Nesterov if ``cfg.nesterov``) or AdamW over ``module``'s trainable parameters."""
     named = trainable_named_parameters(module)
     decay = [p for n, p in named if decays(n, p)]
     no_decay = [p for n, p in named if not decays(n, p)]
@@ -37,7 +37,7 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
     ]
     groups = [g for g in groups if g["params"]]
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=False)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 

@@ -133,7 +133,7 @@ class Trainer:
         if self.parts.feature_mode or on == "host" or (on == "auto" and rt.device.type != "cuda"):
             return None
         return DeviceAugmenter(cfg.seed, cfg.train.batch_size, cfg.ssl.mu, rt.rank, rt.world_size,
-                               augment_labeled=cfg.data.augment)
+                               augment_labeled=cfg.data.augment, strong_views=self.method.strong_views)
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare_training(self) -> None:
@@ -248,7 +248,8 @@ class Trainer:
         return ssl_batches(parts.data, cfg.train.batch_size, cfg.ssl.mu, cfg.seed,
                            start_step=self.state.step, num_workers=cfg.data.num_workers, rank=rt.rank,
                            world_size=rt.world_size, unlabeled=self.method.uses_unlabeled,
-                           augment=cfg.data.augment, raw=self.augmenter is not None)
+                           augment=cfg.data.augment, raw=self.augmenter is not None,
+                           strong_views=self.method.strong_views)
 
     # -- evaluation and checkpoints -----------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:

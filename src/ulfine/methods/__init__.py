@@ -4,7 +4,8 @@ Importing this package registers every built-in method.
 """
 
 from ..batch import Batch
-from . import finessl, fixmatch, fixmatch_la, loft, supervised, ulfine, zeroshot  # noqa: F401  (registration)
+from . import acr, finessl, fixmatch, fixmatch_la, loft, supervised, ulfine, zeroshot  # noqa: F401  (registration)
+from .acr import ACROptions
 from .base import (
     METHODS,
     Collectives,
@@ -21,6 +22,6 @@ from .loft import LoFTOptions
 from .ulfine import ULFineOptions
 
 __all__ = [
-    "METHODS", "Batch", "Collectives", "FineSSLOptions", "FixMatchLAOptions", "LoFTOptions",
+    "ACROptions", "METHODS", "Batch", "Collectives", "FineSSLOptions", "FixMatchLAOptions", "LoFTOptions",
     "LocalCollectives", "Method", "MethodContext", "MethodOptions", "PseudoLabels", "StepOutput", "ULFineOptions",
 ]

@@ -13,6 +13,9 @@ every process. A method whose state depends on the whole step's batch (ULFine's 
 therefore accumulate per micro-batch, combine across processes with ``ctx.collectives`` and
 update in ``after_optimizer_step``; then 1 or N processes, with or without accumulation, hold
 the same state. DDP only averages gradients: buffers are the method's to keep identical.
+
+Backbones without a text tower (the scratch networks) give ``ctx.text_prototypes = None``; a
+method that needs text says so in :meth:`Method.text_need`, and the config refuses the pair.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from ..batch import Batch
+from ..batch import IMAGE_FIELDS, Batch
 from ..registry import METHODS as _METHODS
 from ..registry import Registry
 
@@ -80,11 +83,15 @@ class MethodContext:
     num_classes: int
     class_names: list[str]
     labeled_counts: torch.Tensor  # (K,) labeled images per class
-    text_prototypes: torch.Tensor  # (K, D) L2-normalised text features
-    logit_scale: float  # the backbone's CLIP logit scale (100 for OpenAI weights)
+    text_prototypes: torch.Tensor | None  # (K, D) L2-normalised text features; None: no text tower
+    logit_scale: float  # the backbone's CLIP logit scale (100 for OpenAI weights; nan: none)
     num_unlabeled: int  # size of the unlabeled set (for per-sample memories)
     feature_dim: int
     collectives: Collectives = field(default_factory=LocalCollectives)
+    steps_per_epoch: int = 1  # optimiser steps per epoch of the run (per-epoch method updates)
+    #: (N_u,) bool: unlabeled samples that are copies of labeled images (data.labeled_in_unlabeled);
+    #: split membership, known by construction, not a label
+    unlabeled_from_labeled: torch.Tensor | None = None
 
     @property
     def labeled_prior(self) -> torch.Tensor:
@@ -116,6 +123,7 @@ class Method(nn.Module):
     name: ClassVar[str] = "base"
     uses_unlabeled: ClassVar[bool] = True  # needs unlabeled batches
     trains: ClassVar[bool] = True  # False for zero-shot: no optimiser, no loop
+    strong_views: ClassVar[int] = 1  # strong views per unlabeled image (ACR: 2, in u_s and u_s2)
 
     def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__()
@@ -128,30 +136,49 @@ class Method(nn.Module):
         """Build the method with the options ``cfg`` holds for it."""
         return cls(backbone, ctx, MethodOptions.from_config(cfg))
 
+    @classmethod
+    def text_need(cls, head: str) -> str | None:
+        """Why this method (with classifier ``head``) needs text prototypes, ending with the fix;
+        None when it needs none. The config refuses backbones without a text tower for it."""
+        return None
+
     @property
     def ssl(self) -> "SSLConfig":
         return self.options.ssl
 
     # -- features ------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Image features in CLIP's joint space (not normalised)."""
+        """Image features (CLIP's joint space, not normalised; a scratch network's pooled ones)."""
         return self.backbone.encode_image(images)
+
+    def view_features(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Features of every image field of ``batch`` (``x_l``, ``u_w``, ``u_s``, ``u_s2``), by name.
+
+        Weak views are pseudo-label targets, so they run under ``torch.no_grad`` (no activations
+        kept) and the other views share one forward pass. A backbone with batch statistics
+        (BatchNorm: ``backbone.batch_statistics``) instead sees all views in one pass, as in
+        FixMatch's and ACR's code, so its statistics are the whole step's; the weak features are
+        then detached.
+        """
+        names = [n for n in IMAGE_FIELDS if getattr(batch, n) is not None]
+        joint = getattr(self.backbone, "batch_statistics", False)
+        out: dict[str, torch.Tensor] = {}
+        if "u_w" in names and not joint:
+            with torch.no_grad():
+                out["u_w"] = self.features(batch.u_w)
+            names.remove("u_w")
+        parts = [getattr(batch, n) for n in names]
+        feats = self.features(torch.cat(parts) if len(parts) > 1 else parts[0])
+        for name, f in zip(names, feats.split([len(p) for p in parts])):
+            out[name] = f.detach() if name == "u_w" else f
+        return out
 
     def ssl_features(
         self, batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Features of (labeled, weak unlabeled, strong unlabeled).
-
-        Weak views are pseudo-label targets, so they run under ``torch.no_grad`` (no activations
-        kept); labeled and strong views share one forward pass.
-        """
-        if batch.u_w is None:
-            return self.features(batch.x_l), None, None
-        with torch.no_grad():
-            f_uw = self.features(batch.u_w)
-        f = self.features(torch.cat([batch.x_l, batch.u_s]))
-        n = batch.x_l.shape[0]
-        return f[:n], f_uw, f[n:]
+        """Features of (labeled, weak unlabeled, strong unlabeled); see :meth:`view_features`."""
+        f = self.view_features(batch)
+        return f["x_l"], f.get("u_w"), f.get("u_s")
 
     # -- hooks the engine calls ------------------------------------------------------------
     def training_step(self, batch: Batch) -> StepOutput:

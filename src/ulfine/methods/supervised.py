@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..batch import Batch
+from ..errors import ConfigError
 from ..models.heads import LinearHead, PrototypeHead
 from .base import METHODS, Method, MethodContext, MethodOptions, StepOutput
 from .losses import cross_entropy
@@ -19,6 +20,9 @@ from .losses import cross_entropy
 def build_head(kind: str, ctx: MethodContext) -> nn.Module:
     """The baselines' classifier: ``prototype`` (text-initialised cosine) or ``linear``."""
     if kind == "prototype":
+        if ctx.text_prototypes is None:
+            raise ConfigError("head=prototype needs text prototypes and this backbone has no text "
+                              "tower; use head=linear")
         return PrototypeHead(ctx.text_prototypes, ctx.logit_scale, learnable=True)
     if kind == "linear":
         return LinearHead(ctx.feature_dim, ctx.num_classes)
@@ -30,6 +34,12 @@ class Supervised(Method):
     """L = CE(z(x), y) on the labeled batch; unlabeled data is never loaded."""
 
     uses_unlabeled = False
+
+    @classmethod
+    def text_need(cls, head: str) -> str | None:
+        if head == "prototype":
+            return "head=prototype initialises the classifier from text prototypes; use head=linear"
+        return None
 
     def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(backbone, ctx, options)

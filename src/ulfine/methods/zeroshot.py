@@ -20,6 +20,11 @@ class ZeroShot(Method):
     uses_unlabeled = False
     trains = False
 
+    @classmethod
+    def text_need(cls, head: str) -> str | None:
+        return ("zero-shot classifies with text prototypes; train a linear head instead "
+                "(method=supervised|fixmatch|acr head=linear)")
+
     def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(backbone, ctx, options)
         self.head = PrototypeHead(ctx.text_prototypes, ctx.logit_scale, learnable=False)

@@ -1,7 +1,8 @@
-"""CLIP backbones (open_clip), fine-tuning strategies, text prototypes and heads.
+"""CLIP backbones (open_clip), scratch backbones, fine-tuning strategies, text prototypes and heads.
 
-Importing this package registers ulfine's tiny architecture ``ulfine-micro-vit`` into open_clip
-and the fine-tuning modes and PEFT modules into ``ulfine.registry``.
+Importing this package registers ulfine's tiny architecture ``ulfine-micro-vit`` into open_clip,
+the scratch backbones (``wrn-28-2``, ``resnet50``) into ``ulfine.registry.BACKBONES`` and the
+fine-tuning modes and PEFT modules into ``ulfine.registry``.
 """
 
 from .archs import MICRO_ARCH, input_size, register_archs
@@ -10,10 +11,12 @@ from .finetune import FINETUNE_MODES, ParamSummary, apply_finetune, count_parame
 from .heads import LinearHead, PrototypeHead, cosine_logits
 from .peft import PEFT_MODULES
 from .preprocess import DeviceNormalizer, normalizer_for
+from .scratch import ScratchBackbone, ScratchSpec, register_scratch
 from .text import text_prototypes
 from .weights import MICRO_WEIGHTS, WeightSource, resolve_weights
 
 register_archs()
+register_scratch()
 
 __all__ = [
     "CachedFeatures",
@@ -28,6 +31,8 @@ __all__ = [
     "ParamSummary",
     "PreprocessConfig",
     "PrototypeHead",
+    "ScratchBackbone",
+    "ScratchSpec",
     "WeightSource",
     "apply_finetune",
     "build_backbone",

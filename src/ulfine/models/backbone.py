@@ -1,5 +1,9 @@
 """The CLIP backbone: an open_clip model behind a small interface the methods rely on.
 
+:func:`build_backbone` is the one factory: a ``model.arch`` registered in
+:data:`ulfine.registry.BACKBONES` (the scratch networks of :mod:`ulfine.models.scratch`) is built
+by its registry entry, any other arch by open_clip.
+
 Only the image tower is a registered submodule: ``.to()``, ``state_dict()``, optimisers and DDP
 see the image tower (plus whatever fine-tuning injects), while the frozen text tower rides along
 un-registered and is moved to the image tower's device the first time text is encoded.
@@ -11,7 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import open_clip
 import torch
@@ -19,8 +23,12 @@ from torch import nn
 
 from ..config.schema import ModelConfig
 from ..errors import ConfigError, WeightsError
+from ..registry import BACKBONES
 from .archs import arch_preprocess, normalise_arch, register_archs
 from .weights import WeightSource, resolve_weights
+
+if TYPE_CHECKING:
+    from .scratch import ScratchBackbone
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,9 @@ class CLIPBackbone(nn.Module):
     ``preprocess``, ``logit_scale`` (float, exp of the model's), ``embed_dim``, ``tokenizer``,
     ``arch`` and ``weights_id`` (stable name of the weights, for caches).
     """
+
+    has_text = True  # text prototypes can be computed (scratch backbones have none)
+    batch_statistics = False  # LayerNorm towers: no statistics shared across a batch
 
     def __init__(
         self,
@@ -140,12 +151,15 @@ def _create(source: WeightSource, arch: str, cache_dir: Path | None, device: str
         ) from e
 
 
-def build_backbone(cfg: ModelConfig, device: str | torch.device = "cpu") -> CLIPBackbone:
-    """Any open_clip model: built-in arch + tag/file/'none', ``local-dir:`` or ``hf-hub:``.
+def build_backbone(cfg: ModelConfig, device: str | torch.device = "cpu") -> "CLIPBackbone | ScratchBackbone":
+    """A registered scratch arch (``wrn-28-2``, ``resnet50``, random weights, no text tower) or any
+    open_clip model: built-in arch + tag/file/'none', ``local-dir:`` or ``hf-hub:``.
 
     E.g. ``build_backbone(ModelConfig(arch='ViT-B-16'))``; ``device='meta'`` builds the
     structure without memory (parameter counting of big models).
     """
+    if cfg.arch in BACKBONES:
+        return BACKBONES.get(cfg.arch).create(cfg, device)
     register_archs()
     arch = normalise_arch(cfg.arch)
     source = resolve_weights(arch, cfg.pretrained, cfg.cache_dir)

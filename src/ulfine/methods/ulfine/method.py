@@ -63,6 +63,11 @@ class ULFine(Method):
 
     uses_unlabeled = True
 
+    @classmethod
+    def text_need(cls, head: str) -> str | None:
+        return ("ULFine's prototype branch starts from text prototypes; use a CLIP backbone, or "
+                "method=fixmatch|fixmatch_la|acr head=linear")
+
     def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(backbone, ctx, options)
         self.opts: ULFineOptions = options.own or ULFineOptions()
