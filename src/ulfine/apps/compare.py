@@ -64,9 +64,10 @@ def run_method(
     runs_dir: Path,
     overrides: Sequence[str] = (),
     progress: bool = True,
+    report: bool = True,
 ) -> Row:
     """Train (or, for zero-shot, just evaluate) one method with the engine, write its report
-    (``RUN_DIR/report/``); return its row.
+    (``RUN_DIR/report/``, unless ``report`` is false); return its row.
 
     ``overrides`` apply after the method's own, so they win.
     """
@@ -75,7 +76,8 @@ def run_method(
         f"train.progress={str(progress).lower()}", *overrides,
     ])
     out = Path(train(cfg))
-    write_report(out)
+    if report:
+        write_report(out)
     metrics = json.loads((out / METRICS_FILE).read_text())
     return row_from_metrics(spec.label, preset, seed, metrics, out)
 

@@ -87,7 +87,8 @@ def _run_all(methods: Sequence[MethodSpec], preset: str, seed: int, runs_dir: Pa
     for i, spec in enumerate(methods, 1):
         print(f"[{i}/{len(methods)}] {spec.label}  ({' '.join(spec.overrides)})", flush=True)
         t0 = time.perf_counter()
-        rows.append(run_method(spec, preset, seed, runs_dir, overrides, progress))
+        # no per-run report: the demo writes one for all (``ulfine report RUN_DIR`` makes a run's)
+        rows.append(run_method(spec, preset, seed, runs_dir, overrides, progress, report=False))
         print(f"      overall {100 * rows[-1].overall:.1f}%  tail {100 * rows[-1].tail:.1f}%  "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
     return rows
