@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..batch import Batch
 from ..data import ImageSet, eval_batches
 from ..errors import ConfigError
 from ..jsonable import jsonable
@@ -55,7 +54,7 @@ def _set_batches(es: EvalSet, parts: RunParts, rt: Runtime, batch_size: int, num
         return
     for x, y, idx in eval_batches(es.images, batch_size, num_workers=num_workers, rank=rt.rank,
                                   world_size=rt.world_size):
-        yield Batch(x, y).to(rt.device, parts.normalizer).x_l, y.long(), idx.long()
+        yield parts.normalizer(x.to(rt.device, non_blocking=True)), y.long(), idx.long()
 
 
 def _gather_in_order(rt: Runtime, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
