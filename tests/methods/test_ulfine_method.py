@@ -187,6 +187,51 @@ def test_after_optimizer_step_momentum_fit():
     assert torch.equal(off.prototypes.detach(), c1)
 
 
+def test_logit_adjusted_branch_losses_and_mean_fusion():
+    """loss_linear/loss_prototype=la train each branch on z + tau_la log pi; an la-trained linear
+    branch enters DLF unadjusted; fusion=mean halves the fused logits."""
+    m = _method("ulfine", "ssl.lambda_u=0.5", "ulfine.orth=false", "ulfine.tau_la=0.7",
+                "ulfine.loss_linear=la", "ulfine.loss_prototype=la", "ulfine.fusion=mean")
+    with torch.no_grad():
+        m.linear_head.fc.weight.copy_(torch.randn(K, D, generator=torch.Generator().manual_seed(3)))
+    batch = _batch()
+    out = m.training_step(batch)
+    f = m.backbone.encode_image
+    f_l, f_w, f_s = f(batch.x_l), f(batch.u_w), f(batch.u_s)
+    zt = lambda x: paf.prototype_logits(x, m.prototypes, 10.0)
+    zl = m.linear_head
+    log_pi = torch.log(torch.tensor([0.6, 0.3, 0.1]))
+    la = lambda z: z + 0.7 * log_pi
+    fused_w = (zl(f_w) + zt(f_w)) / 2  # no post-hoc term: the linear branch learnt balanced scores
+    label, _, mask = pseudo_label(fused_w, 0.7)
+    expected = (
+        cross_entropy(la(zl(f_l)), batch.y_l) + cross_entropy(la(zt(f_l)), batch.y_l)
+        + 0.5 * (masked_consistency(la(zl(f_s)), label, mask) + masked_consistency(la(zt(f_s)), label, mask))
+    )
+    torch.testing.assert_close(out.loss, expected)
+    x = torch.randn(5, 3, 2, 2)
+    torch.testing.assert_close(m.predict(x), (zl(f(x)) + zt(f(x))) / 2)
+
+
+def test_text_anchored_fitting_does_not_compound():
+    """paf_anchor=text: c_k = normalise((1 - alpha_k) t_k + alpha_k c_v) whatever c_k was before,
+    so two fittings with the same alpha give the same prototypes (the default compounds)."""
+    anchored, compounding = _method("ulfine", "ulfine.paf_anchor=text"), _method("ulfine")
+    visual = F.normalize(torch.randn(K, D, generator=torch.Generator().manual_seed(4)), dim=-1)
+    for m in (anchored, compounding):
+        m.visual_prototypes.copy_(visual)
+        m.memory_label[:2], m.memory_conf[:2] = torch.tensor([0, 1]), torch.tensor([0.9, 0.45])
+        m.after_optimizer_step()
+    text = anchored.text_anchor
+    exp = F.normalize((1 - anchored.alpha[:, None]) * text + anchored.alpha[:, None] * visual, dim=-1)
+    torch.testing.assert_close(anchored.prototypes.detach(), exp)
+    once = compounding.prototypes.detach().clone()
+    anchored.after_optimizer_step()
+    compounding.after_optimizer_step()
+    torch.testing.assert_close(anchored.prototypes.detach(), exp)
+    assert not torch.allclose(compounding.prototypes.detach(), once)
+
+
 def test_fixed_prototypes_are_a_buffer_still_fitted():
     m = _method("ulfine", "ulfine.learnable_prototypes=false")
     assert "prototype_head.prototypes" not in dict(m.named_parameters())

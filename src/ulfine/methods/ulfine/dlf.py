@@ -31,13 +31,18 @@ def fused_logits(
     prior: torch.Tensor,
     tau_la: float = 1.0,
     w_dlf: float = 1.0,
+    fusion: str = "sum",
 ) -> torch.Tensor:
     """z^f = (z^l - tau_la * log pi) + w_dlf * z^t [R]: the logits of pseudo-labels and predictions.
+
+    ``fusion="mean"`` halves that sum: the same decision, but a softmax no sharper than one
+    branch's, so the confidence threshold means what it means for a single classifier [R].
 
     Computed in float32 whatever the autocast dtype: bf16 logits at CLIP's scale (~100) would
     round the fused scores to steps of 0.5 and blur the pseudo-label confidences.
     """
-    return logit_adjusted(linear, prior, -tau_la) + w_dlf * prototype.float()
+    fused = logit_adjusted(linear, prior, -tau_la) + w_dlf * prototype.float()
+    return fused / 2 if fusion == "mean" else fused
 
 
 __all__ = ["class_prior", "fused_logits"]

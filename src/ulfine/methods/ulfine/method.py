@@ -33,7 +33,7 @@ from ...batch import Batch
 from ...config import Section
 from ...models.heads import LinearHead, PrototypeHead
 from ..base import METHODS, Method, MethodContext, MethodOptions, PseudoLabels, StepOutput
-from ..losses import cross_entropy, masked_consistency, pseudo_label
+from ..losses import cross_entropy, logit_adjusted, masked_consistency, pseudo_label
 from . import dlf, paf
 
 
@@ -54,6 +54,20 @@ class ULFineOptions(Section):
     )
     learnable_prototypes: bool = Field(
         True, description="prototype classifier trained by gradient and fitted by momentum [R]"
+    )
+    loss_linear: Literal["ce", "la"] = Field(
+        "ce", description="linear branch's loss: plain CE (prior removed post hoc in DLF) or "
+        "logit-adjusted CE with tau_la (then DLF adds it unadjusted) [R]",
+    )
+    loss_prototype: Literal["ce", "la"] = Field(
+        "ce", description="prototype branch's loss: plain or logit-adjusted CE (tau_la) [R]"
+    )
+    fusion: Literal["sum", "mean"] = Field(
+        "sum", description="DLF: sum of the two branches' logits, or their mean (half the scale) [R]"
+    )
+    paf_anchor: Literal["prototype", "text"] = Field(
+        "prototype", description="PAF moves the current prototype toward C_v (compounding) or "
+        "re-fits from the fixed text feature each step: c = (1-alpha) t + alpha c_v [R]",
     )
 
 
@@ -118,8 +132,9 @@ class ULFine(Method):
             out["decision"] = out["prototype"]
             return out
         out["linear"] = self.linear_head(features)
+        post_hoc = self.opts.tau_la if self.opts.loss_linear == "ce" else 0.0
         out["fused"] = dlf.fused_logits(
-            out["linear"], out["prototype"], self.prior(), self.opts.tau_la, self.opts.w_dlf
+            out["linear"], out["prototype"], self.prior(), post_hoc, self.opts.w_dlf, self.opts.fusion
         )
         out["decision"] = out["fused"]
         return out
@@ -131,6 +146,12 @@ class ULFine(Method):
         return heads
 
     # -- training -------------------------------------------------------------------------------
+    def _train_logits(self, branch: str, logits: torch.Tensor) -> torch.Tensor:
+        """A branch's logits as its loss sees them: as they are, or logit-adjusted (+tau_la log pi,
+        Menon et al.) when ``loss_<branch>=la`` so that the branch learns balanced scores [R]."""
+        kind = self.opts.loss_linear if branch == "linear" else self.opts.loss_prototype
+        return logit_adjusted(logits, self.prior(), self.opts.tau_la) if kind == "la" else logits
+
     def training_step(self, batch: Batch) -> StepOutput:
         """L = sum over branches of [L_s + lambda_u L_u] + lambda_orth L_orth; pseudo-labels from z^f."""
         f_l, f_uw, f_us = self.ssl_features(batch)
@@ -143,7 +164,7 @@ class ULFine(Method):
             logs["acc_l"] = (decision_l.argmax(-1) == batch.y_l).float().mean()
         for name, head in heads:
             z = head(f_l)
-            term = cross_entropy(z, batch.y_l)
+            term = cross_entropy(self._train_logits(name, z), batch.y_l)
             loss_s = loss_s + term
             logs[f"loss_s_{name}"] = term.detach()
             logs[f"acc_labeled_{name}"] = (z.detach().argmax(-1) == batch.y_l).float().mean()
@@ -163,7 +184,7 @@ class ULFine(Method):
             label, confidence, mask = pseudo_label(weak, self.ssl.tau)
             loss_u = f_l.new_zeros((), dtype=torch.float32)
             for name, head in heads:
-                term = masked_consistency(head(f_us), label, mask)
+                term = masked_consistency(self._train_logits(name, head(f_us)), label, mask)
                 loss_u = loss_u + term
                 logs[f"loss_u_{name}"] = term.detach()
             loss = loss + self.ssl.lambda_u * loss_u
@@ -208,7 +229,8 @@ class ULFine(Method):
         alpha = paf.fitting_momentum(pu, self.opts.mu_paf).to(self.alpha.device)
         self.alpha.copy_(alpha)
         c = self.prototypes
-        fitted = paf.momentum_fit(c, self.visual_prototypes, alpha).to(c.dtype)
+        start = self.text_anchor if self.opts.paf_anchor == "text" else c
+        fitted = paf.momentum_fit(start, self.visual_prototypes, alpha).to(c.dtype)
         c.copy_(torch.where((alpha > 0).any(), fitted, c))  # no fitting (and no sync) before P_u exists
 
     # -- prediction and diagnostics -----------------------------------------------------------
