@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import shutil
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,8 @@ def base_parser(description: str, *, presets: Sequence[str],
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--collect-only", action="store_true", help="only build the table from finished runs")
     p.add_argument("--force", action="store_true", help="re-run runs that already finished")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs at once; each gets cores/workers torch threads (OMP_NUM_THREADS)")
     return p
 
 
@@ -100,28 +104,39 @@ def _executable(cmd: list[str]) -> list[str]:
     return [exe, *cmd[1:]]
 
 
+def _run_one(run: Run, args: argparse.Namespace, threads: int) -> bool:
+    """One command of the grid as a subprocess; whether it succeeded (its wall time is recorded)."""
+    cmd = run.command(args.runs_dir, args.extra)
+    print(f"[{run.table}] {shlex.join(cmd)}", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    rc = subprocess.call(_executable(cmd), env=env, stdout=subprocess.DEVNULL if args.workers > 1 else None)
+    wall = time.perf_counter() - start
+    run_dir = run.run_dir(args.runs_dir)
+    if rc != 0:
+        print(f"[{run.table}] failed (exit {rc}): {run_dir}", file=sys.stderr)
+        return False
+    if run_dir.is_dir():
+        (run_dir / "reproduce_wall_seconds.json").write_text(json.dumps({"wall_seconds": wall}))
+    return True
+
+
 def execute(grid: Grid, args: argparse.Namespace) -> int:
-    """Print (``--dry-run``) or run every command of the grid; returns the number of failures."""
-    failures = 0
+    """Print (``--dry-run``) or run every command of the grid, ``--workers`` at a time; returns
+    the number of failures."""
+    todo = []
     for run in grid.runs:
-        cmd = run.command(args.runs_dir, args.extra)
         done = (run.run_dir(args.runs_dir) / METRICS_FILE).is_file()
         if args.dry_run:
-            print(shlex.join(cmd) + ("   # done, skipped" if done and not args.force else ""))
-            continue
-        if args.collect_only or (done and not args.force):
-            continue
-        print(f"[{grid.table}] {shlex.join(cmd)}", flush=True)
-        start = time.perf_counter()
-        rc = subprocess.call(_executable(cmd))
-        wall = time.perf_counter() - start
-        run_dir = run.run_dir(args.runs_dir)
-        if rc != 0:
-            failures += 1
-            print(f"[{grid.table}] failed (exit {rc}): {run_dir}", file=sys.stderr)
-        elif run_dir.is_dir():
-            (run_dir / "reproduce_wall_seconds.json").write_text(json.dumps({"wall_seconds": wall}))
-    return failures
+            print(shlex.join(run.command(args.runs_dir, args.extra))
+                  + ("   # done, skipped" if done and not args.force else ""))
+        elif not args.collect_only and (args.force or not done):
+            todo.append(run)
+    workers = max(1, getattr(args, "workers", 1))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        ok = list(pool.map(lambda r: _run_one(r, args, threads), todo))
+    return ok.count(False)
 
 
 def load_metrics(run: Run, runs_dir: Path) -> dict[str, Any] | None:

@@ -267,7 +267,8 @@ def cmd_pretrain_micro(args: argparse.Namespace) -> int:
     """Pretrain the tiny CLIP on the procedural captioned-image world."""
     from .microworld.pretrain import pretrain
 
-    path = pretrain(Path(args.out), steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    path = pretrain(Path(args.out), steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                    threads=args.threads)
     print(f"weights written to {path}")
     return 0
 
@@ -401,6 +402,8 @@ def _add_run_commands(sub: Subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: as shipped)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: as shipped)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (the shipped file was made with 1; results depend on it)")
     p.set_defaults(func=cmd_pretrain_micro)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ulfine.microworld.pretrain import build_micro_clip, contrastive_step_loss, pretrain
+from ulfine.microworld.pretrain import DEFAULT_LOGIT_SCALE, build_micro_clip, contrastive_step_loss, pretrain
 from ulfine.microworld.world import sample_pretrain_batch
 
 
@@ -25,7 +25,7 @@ def _fixed_batch_loss(model: torch.nn.Module) -> float:
 
 def test_short_pretraining_lowers_the_contrastive_loss(tmp_path: Path) -> None:
     torch.set_num_threads(2)
-    before = _fixed_batch_loss(build_micro_clip(seed=0))
+    before = _fixed_batch_loss(build_micro_clip(seed=0, logit_scale=DEFAULT_LOGIT_SCALE))
     out = tmp_path / "w.safetensors"
     pretrain(out, steps=15, batch_size=32, seed=0, lr=1e-3, eval_per_class=0, progress=False)
     after_model = build_micro_clip(seed=0)
@@ -38,3 +38,6 @@ def test_short_pretraining_lowers_the_contrastive_loss(tmp_path: Path) -> None:
     assert set(state) == set(build_micro_clip().state_dict())
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["steps"] == 15 and len(record["losses"]) == 15 and record["batch_size"] == 32
+    # the contrastive scale is CLIP's 100, fixed through training (not learnt)
+    assert record["logit_scale"] == DEFAULT_LOGIT_SCALE
+    torch.testing.assert_close(state["logit_scale"].float().exp(), torch.tensor(100.0), rtol=1e-3, atol=0)

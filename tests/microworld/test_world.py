@@ -35,6 +35,8 @@ def test_captions_match_attributes() -> None:
         assert sizes in ([], [W.SIZES[attrs.size[i]]]), cap
         textures = [w for w in words if w in W.TEXTURES]
         assert textures in ([], [W.TEXTURES[attrs.texture[i]]]) and "solid" not in textures
+        # the downstream textures are drawn in pretraining but never named
+        assert not set(textures) - set(W.CAPTIONED_TEXTURES), cap
         # the size word agrees with the drawn radius
         lo, hi = W.SIZE_RADIUS[W.SIZES[attrs.size[i]]]
         assert lo <= attrs.radius[i] <= hi
@@ -62,3 +64,35 @@ def test_render_draws_the_object_in_its_colour() -> None:
     # square half-width 0.8 * 10 = 8 px around the centre: pixel 9 px away is background
     assert tuple(img[16, 16 + 9]) == (50, 50, 50)
     assert tuple(img[16, 16 + 7]) == W.COLOURS["red"]
+
+
+def test_pretraining_draws_the_uncaptioned_textures() -> None:
+    """Pretraining images carry every texture (the image tower sees them), captions name only some."""
+    _, caps, attrs = W.sample_pretrain_batch(4, 400)
+    drawn = {W.TEXTURES[t] for t in attrs.texture}
+    assert {"checkered", "noisy"} <= drawn
+    named = {w for cap in caps for w in cap.rstrip(".").split() if w in W.TEXTURES}
+    assert named == set(W.CAPTIONED_TEXTURES)
+
+
+def test_rotation_stays_in_the_styles_range() -> None:
+    rng = np.random.default_rng(0)
+    attrs = W.sample_attributes(rng, 500, W.Style(rotation=20.0))
+    assert np.abs(attrs.angle).max() <= np.deg2rad(20.0) and np.abs(attrs.angle).max() > np.deg2rad(18.0)
+
+
+def test_palette_shift_moves_each_colour_toward_the_next_hue() -> None:
+    """palette(s) = (1 - s) * colour + s * successor; the centre pixel of a clean object shows it."""
+    assert np.array_equal(W.palette(0.0), np.array([W.COLOURS[c] for c in W.COLOUR_NAMES], dtype=np.float32))
+    red, orange = np.array(W.COLOURS["red"], dtype=np.float32), np.array(W.COLOURS["orange"], dtype=np.float32)
+    np.testing.assert_allclose(W.palette(0.4)[W.COLOUR_NAMES.index("red")], 0.6 * red + 0.4 * orange, rtol=1e-6)
+    pink = W.COLOUR_NAMES.index("pink")  # the cycle closes: pink moves toward red
+    np.testing.assert_allclose(W.palette(1.0)[pink], red)
+    style = W.Style(noise=0.0, clutter=(0, 0), light=0.0, bg_colour=0.0, bg_gradient=0.0, bg_level=(50.0, 50.0),
+                    palette_shift=0.5)
+    attrs = W.Attributes(
+        colour=np.array([W.COLOUR_NAMES.index("red")]), shape=np.array([W.SHAPES.index("circle")]),
+        size=np.array([2]), texture=np.array([0]), cx=np.array([16.0]), cy=np.array([16.0]),
+        radius=np.array([10.0]), angle=np.array([0.0]), seed=np.array([0]),
+    )
+    assert tuple(W.render(attrs, style)[0, 16, 16]) == tuple(np.rint(0.5 * red + 0.5 * orange).astype(int))

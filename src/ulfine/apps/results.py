@@ -82,6 +82,8 @@ METRICS: dict[str, Metric] = {
     "medium": Metric("medium acc (%)", dotted("group_acc.medium")),
     "tail": Metric("tail acc (%)", dotted("group_acc.tail")),
     "balanced": Metric("balanced acc (%)", dotted("balanced_acc")),
+    "val_overall": Metric("val acc (%)", dotted("val.overall_acc")),
+    "val_balanced": Metric("val balanced acc (%)", dotted("val.balanced_acc")),
     "ece": Metric("ECE (%)", dotted("ece")),
     "pl_precision": Metric("pseudo-label precision (%)", dotted("pseudo_labels.precision")),
     "pl_recall": Metric("pseudo-label recall (%)", dotted("pseudo_labels.recall")),

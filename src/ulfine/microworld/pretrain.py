@@ -31,9 +31,13 @@ from .task import CLASS_NAMES, NUM_CLASSES, TEST_PER_CLASS, held_out_classes, ta
 from .world import sample_pretrain_batch
 from .zeroshot import as_uint8_nchw, micro_normalizer, per_class_accuracy, zero_shot_predict
 
-DEFAULT_STEPS = 1000
+DEFAULT_STEPS = 1500
 DEFAULT_BATCH = 128
 DEFAULT_LR = 1e-3
+#: real CLIP's learnt logit scale ends at its clamp, 100; the micro-CLIP is trained at that scale
+#: (temperature 0.01, not learnt) so that confidence thresholds such as tau = 0.7 or 0.95 mean
+#: here what they mean with real CLIP
+DEFAULT_LOGIT_SCALE = 100.0
 TEMPLATE = "a photo of a {}."
 
 
@@ -57,6 +61,7 @@ class PretrainResult:
     zero_shot_held_out: float | None = None  # classes whose pair pretraining never showed
     zero_shot_images: int = 0
     chance: float | None = None
+    logit_scale: float | None = None  # the fixed contrastive scale; None = learnt
     losses: list[float] = field(default_factory=list)  # every step, for plots and tests
     command: str = ""
     torch_version: str = torch.__version__
@@ -66,13 +71,22 @@ class PretrainResult:
         return self.path
 
 
-def build_micro_clip(seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised ``ulfine-micro-vit`` open_clip model (image + text towers)."""
+def build_micro_clip(seed: int = 0, logit_scale: float | None = None) -> torch.nn.Module:
+    """A randomly initialised ``ulfine-micro-vit`` open_clip model (image + text towers).
+
+    ``logit_scale`` fixes the contrastive scale (a buffer-like parameter without gradient);
+    None keeps open_clip's learnable one (initialised at 1 / 0.07).
+    """
     import open_clip
 
     register_archs()
     torch.manual_seed(seed)
-    return open_clip.create_model(MICRO_ARCH, pretrained=None, output_dict=True)
+    model = open_clip.create_model(MICRO_ARCH, pretrained=None, output_dict=True)
+    if logit_scale is not None:
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(logit_scale))
+        model.logit_scale.requires_grad_(False)
+    return model
 
 
 def contrastive_step_loss(
@@ -148,7 +162,8 @@ def _train_contrastive(
 
     tokenizer = open_clip.get_tokenizer(MICRO_ARCH)
     normalizer = micro_normalizer()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98), eps=1e-6)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98), eps=1e-6)
     batch_seed = lambda i: seed * 1_000_003 + i
     losses: list[float] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -185,11 +200,13 @@ def pretrain(
     threads: int | None = None,
     device: str = "cpu",
     command: str = "",
+    logit_scale: float | None = DEFAULT_LOGIT_SCALE,
 ) -> PretrainResult:
     """Train ``ulfine-micro-vit`` contrastively on the micro world and write its weights.
 
     Writes ``out_path`` (fp16 safetensors) and ``out_path`` with suffix ``.json`` (the
-    :class:`PretrainResult`). ``steps``/``batch_size`` None mean the shipped recipe.
+    :class:`PretrainResult`). ``steps``/``batch_size`` None mean the shipped recipe;
+    ``logit_scale`` None learns the scale (open_clip's default) instead of fixing it.
     Deterministic given ``seed``, the device and the thread count. Example::
 
         pretrain("src/ulfine/assets/micro_clip.safetensors")  # the shipped recipe
@@ -203,7 +220,7 @@ def pretrain(
     if threads:
         torch.set_num_threads(threads)
     out_path = Path(out_path)
-    model = build_micro_clip(seed).to(device)
+    model = build_micro_clip(seed, logit_scale).to(device)
     model.train()
     warmup = max(1, steps // 20) if warmup is None else max(1, warmup)
     start = time.perf_counter()
@@ -216,9 +233,9 @@ def pretrain(
         path=str(out_path), arch=MICRO_ARCH, steps=steps, batch_size=batch_size, seed=seed, lr=lr,
         seconds=round(seconds, 1), device=str(device), torch_threads=torch.get_num_threads(),
         first_loss=float(np.mean(losses[:10])), final_loss=float(np.mean(losses[-10:])),
-        losses=[round(x, 4) for x in losses], **zs,
+        logit_scale=logit_scale, losses=[round(x, 4) for x in losses], **zs,
         command=command or f"ulfine.microworld.pretrain.pretrain({str(out_path)!r}, steps={steps}, "
-        f"batch_size={batch_size}, seed={seed}, lr={lr}, weight_decay={weight_decay}, device={device!r})",
+        f"batch_size={batch_size}, seed={seed}, lr={lr}, weight_decay={weight_decay}, device={device!r}, logit_scale={logit_scale})",
     )
     out_path.with_suffix(".json").write_text(json.dumps(asdict(result), indent=1) + "\n")
     return result

@@ -33,6 +33,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "pink": (250, 125, 185),
 }
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
+#: red -> orange -> yellow -> green -> cyan -> blue -> purple -> pink -> red (hue order)
+COLOUR_CYCLE: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 0)
 SIZES: tuple[str, ...] = ("small", "medium", "large")
 #: object radius range in pixels per size word (contiguous: sizes form one continuum)
 SIZE_RADIUS: dict[str, tuple[float, float]] = {
@@ -69,12 +71,29 @@ class Style:
     clutter: tuple[int, int] = (0, 3)  # inclusive range of grey distractor strokes/blobs
     light: float = 0.08  # per-image multiplicative colour jitter (per channel)
     allowed: tuple[tuple[int, int], ...] | None = field(default=None)  # (colour, shape) pairs
+    rotation: float = 20.0  # objects turn by a uniform angle in [-rotation, rotation] degrees
+    #: every colour drawn this fraction of the way toward the next colour of COLOUR_CYCLE (a
+    #: consistent shift of hue, like another camera's colour response)
+    palette_shift: float = 0.0
 
 
-#: the broad pretraining distribution (a foundation model sees a bit of everything)
-PRETRAIN_STYLE = Style()
-#: the downstream task's shift: unseen textures (checkered, noisy) on most objects, stronger
-#: coloured gradient backgrounds, more clutter, more sensor noise and lighting change
+#: the broad pretraining distribution: a foundation model has seen a bit of everything, the
+#: downstream task's textures, clutter and lighting included; but its captions never name the
+#: textures "checkered" and "noisy" (see :data:`CAPTIONED_TEXTURES`), so that what pretraining
+#: leaves unaligned sits on the text side
+PRETRAIN_STYLE = Style(
+    textures=("solid", "striped", "dotted", "checkered", "noisy"),
+    texture_p=(0.3, 0.15, 0.15, 0.2, 0.2),
+    bg_level=(20.0, 150.0),
+    bg_colour=0.25,
+    bg_gradient=50.0,
+    noise=12.0,
+    clutter=(0, 5),
+    light=0.15,
+)
+#: the downstream task: the unseen-in-captions textures on most objects, brighter coloured
+#: gradient backgrounds, 2-5 clutter items, more noise, and every colour shifted in hue
+#: (``palette_shift``) the way another camera would render it
 DOWNSTREAM_STYLE = Style(
     textures=("solid", "striped", "checkered", "noisy"),
     texture_p=(0.2, 0.1, 0.35, 0.35),
@@ -84,7 +103,10 @@ DOWNSTREAM_STYLE = Style(
     noise=12.0,
     clutter=(2, 5),
     light=0.15,
+    palette_shift=0.4,
 )
+#: texture words pretraining captions use (the others are drawn but never named)
+CAPTIONED_TEXTURES: tuple[str, ...] = ("striped", "dotted")
 
 
 @dataclass
@@ -148,7 +170,7 @@ def sample_attributes(
         cx=cx,
         cy=cy,
         radius=radius,
-        angle=rng.random(n) * 2 * np.pi,
+        angle=np.deg2rad(style.rotation) * (2 * rng.random(n) - 1),
         seed=rng.integers(0, 2**31 - 1, n),
     )
 
@@ -256,11 +278,18 @@ def render(attrs: Attributes, style: Style = PRETRAIN_STYLE, supersample: int = 
     pool = lambda a: a.reshape(n, IMAGE_SIZE, s, IMAGE_SIZE, s).mean(axis=(2, 4))
     alpha = pool(mask.astype(f32))[..., None]
     lum = pool(np.where(mask, shade, 0.0).astype(f32))[..., None]
-    base = np.array([COLOURS[COLOUR_NAMES[k]] for k in attrs.colour], dtype=f32).reshape(n, 3)
+    base = palette(style.palette_shift)[attrs.colour].reshape(n, 3)
     light = 1.0 + g.uniform(-style.light, style.light, (n, 3)).astype(f32)
     img = lum * (base * light)[:, None, None, :] + (1.0 - alpha) * img
     img = img + style.noise * g.standard_normal((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=f32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def palette(shift: float = 0.0) -> np.ndarray:
+    """(8, 3) float32 RGB of the colours, each moved ``shift`` of the way toward its successor in
+    :data:`COLOUR_CYCLE`."""
+    rgb = np.array([COLOURS[name] for name in COLOUR_NAMES], dtype=np.float32)
+    return ((1.0 - shift) * rgb + shift * rgb[list(COLOUR_CYCLE)]).astype(np.float32)
 
 
 PREFIXES: tuple[str, ...] = (
@@ -277,7 +306,7 @@ def caption(attrs: Attributes, i: int, rng: np.random.Generator) -> str:
     if rng.random() < 0.5:
         words.append(SIZES[attrs.size[i]])
     tex = TEXTURES[attrs.texture[i]]
-    if tex != "solid" and rng.random() < 0.6:
+    if tex != "solid" and rng.random() < 0.6 and tex in CAPTIONED_TEXTURES:
         words.append(tex)
     words.append(COLOUR_NAMES[attrs.colour[i]])
     words.append(SHAPES[attrs.shape[i]])
