@@ -2,10 +2,13 @@
 
 Why: an end-to-end accuracy signal that runs offline on a laptop CPU, with mean and std over
 seeds, so that a change to a method or to the engine shows up as a number, not an anecdote.
-The micro world and its task were fixed before any method was compared; nothing here is tuned.
+The calibrated micro world, each strategy's learning rate and every method's options were fixed
+on the validation split and the development seeds 0, 1, 2 (scripts/reproduce/microworld_study.py,
+docs/microworld.md section 7); this benchmark reports the final model on seeds 3, 4, 5, and
+nothing is chosen here.
 
-    python benchmarks/accuracy.py                      # everything (9 methods x 3 seeds x 3 settings)
-    python benchmarks/accuracy.py --settings consistent --seeds 0 --workers 2
+    python benchmarks/accuracy.py                      # everything (9 methods x seeds 3 4 5 x 3 settings)
+    python benchmarks/accuracy.py --settings consistent --workers 2
 
 Each finished run is appended to ``OUT/rows.jsonl`` at once (a killed benchmark keeps what it
 has, and a re-run skips finished runs); the tables (built by ``ulfine.apps.results``) are
@@ -45,7 +48,7 @@ def _run_one(label: str, preset: str, seed: int, runs_dir: str, overrides: list[
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[3, 4, 5], help="report seeds (default 3 4 5)")
     ap.add_argument("--methods", nargs="+", default=None, help="labels (default: all); see --list")
     ap.add_argument("--list", action="store_true", help="list the method labels and exit")
     ap.add_argument("--out", default="benchmarks/results/accuracy")

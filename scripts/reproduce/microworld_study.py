@@ -25,8 +25,9 @@ from ulfine.microworld.task import STRATEGY_LR
 
 PRESET = "microworld_n100_m200_g20_consistent"
 DEV_SEEDS = (0, 1, 2)
+LFT = ("finetune=lft", f"optim.lr={STRATEGY_LR['lft']}", "eval.every_epochs=5")  # final model only
 LRS = (0.003, 0.01, 0.03, 0.1)
-VAL = ("data.val_per_class=20",)
+VAL = ("data.val_per_class=20", "data.num_unlabeled_head=180")  # the pool has 300 per class
 #: balanced labels: 100 per class (the preset's head count for every class)
 BALANCED = ("data.imbalance_labeled=1", "eval.every_epochs=1")
 
@@ -76,8 +77,8 @@ COLUMNS = {
 }
 
 
-def build_grid(stage: str, seeds: list[int]) -> Grid:
-    """The runs of one stage."""
+def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None) -> Grid:
+    """The runs of one stage (only the rows labelled in ``rows``, when given)."""
     grid = Grid(f"microworld_{stage}")
     if stage == "lr":
         for ft in STRATEGY_LR:
@@ -94,10 +95,12 @@ def build_grid(stage: str, seeds: list[int]) -> Grid:
                      f"finetune={ft}", f"optim.lr={lr}", "eval.every_epochs=1")
     elif stage == "ulfine":
         for label, overrides in ULFINE_VARIANTS.items():
-            grid.add(label, PRESET, "ulfine", seeds, "finetune=lft", *overrides)
+            if rows is None or label in rows:
+                grid.add(label, PRESET, "ulfine", seeds, *LFT, *overrides)
     elif stage == "baselines":
         for label, (method, overrides) in BASELINE_VARIANTS.items():
-            grid.add(label, PRESET, method, seeds, "finetune=lft", *overrides)
+            if rows is None or label in rows:
+                grid.add(label, PRESET, method, seeds, *LFT, *overrides)
     else:
         raise SystemExit(f"unknown stage {stage!r}")
     return grid
@@ -106,10 +109,12 @@ def build_grid(stage: str, seeds: list[int]) -> Grid:
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0], presets=[PRESET], seeds=DEV_SEEDS)
     parser.add_argument("stage", choices=list(COLUMNS))
+    parser.add_argument("--rows", nargs="+", default=None, metavar="LABEL",
+                        help="only these rows of the ulfine/baselines stages (default: all)")
     args = parser.parse_args(argv)
     if set(args.seeds) - set(DEV_SEEDS):
         parser.error(f"the study chooses on dev seeds {DEV_SEEDS} only; report seeds belong to benchmarks/accuracy.py")
-    grid = build_grid(args.stage, args.seeds)
+    grid = build_grid(args.stage, args.seeds, args.rows)
     return finish(grid, args, per_preset_tables(COLUMNS[args.stage]), f"Micro-world study: {args.stage}")
 
 

@@ -235,7 +235,8 @@ def pretrain(
         first_loss=float(np.mean(losses[:10])), final_loss=float(np.mean(losses[-10:])),
         logit_scale=logit_scale, losses=[round(x, 4) for x in losses], **zs,
         command=command or f"ulfine.microworld.pretrain.pretrain({str(out_path)!r}, steps={steps}, "
-        f"batch_size={batch_size}, seed={seed}, lr={lr}, weight_decay={weight_decay}, device={device!r}, logit_scale={logit_scale})",
+        f"batch_size={batch_size}, seed={seed}, lr={lr}, weight_decay={weight_decay}, device={device!r}, "
+        f"logit_scale={logit_scale})",
     )
     out_path.with_suffix(".json").write_text(json.dumps(asdict(result), indent=1) + "\n")
     return result
