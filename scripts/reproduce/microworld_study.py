@@ -31,23 +31,25 @@ VAL = ("data.val_per_class=20", "data.num_unlabeled_head=180")  # the pool has 3
 #: balanced labels: 100 per class (the preset's head count for every class)
 BALANCED = ("data.imbalance_labeled=1", "eval.every_epochs=1")
 
-#: ULFine's reconstructed choices, one at a time from the defaults (label -> overrides)
+#: ULFine's reconstructed choices, one at a time from the defaults the study started from
+#: (``fusion=sum``, now ``mean`` after this very study), label -> overrides
+_SUM = "ulfine.fusion=sum"
 ULFINE_VARIANTS: dict[str, tuple[str, ...]] = {
-    "ULFine (defaults)": (),
-    "linear branch: LA loss": ("ulfine.loss_linear=la",),
-    "prototype branch: LA loss": ("ulfine.loss_prototype=la",),
-    "both branches: LA loss": ("ulfine.loss_linear=la", "ulfine.loss_prototype=la"),
+    "former defaults (DLF sum)": (_SUM,),
+    "linear branch: LA loss": (_SUM, "ulfine.loss_linear=la"),
+    "prototype branch: LA loss": (_SUM, "ulfine.loss_prototype=la"),
+    "both branches: LA loss": (_SUM, "ulfine.loss_linear=la", "ulfine.loss_prototype=la"),
     "DLF: mean of branches": ("ulfine.fusion=mean",),
-    "DLF: w_dlf 0.5": ("ulfine.w_dlf=0.5",),
-    "DLF: tau_la 2": ("ulfine.tau_la=2",),
-    "DLF prior: labeled + pseudo": ("ulfine.prior=labeled+pseudo",),
-    "PAF: anchored on text": ("ulfine.paf_anchor=text",),
-    "P_u: counts": ("ulfine.pu_stat=count",),
-    "prototypes: momentum only": ("ulfine.learnable_prototypes=false",),
-    "beta 0.99": ("ulfine.beta=0.99",),
-    "mu_paf 0.3": ("ulfine.mu_paf=0.3",),
-    "w/o orthogonality": ("ulfine.orth=false",),
-    "w/o PAF": ("ulfine.paf=false",),
+    "DLF: w_dlf 0.5": (_SUM, "ulfine.w_dlf=0.5"),
+    "DLF: tau_la 2": (_SUM, "ulfine.tau_la=2"),
+    "DLF prior: labeled + pseudo": (_SUM, "ulfine.prior=labeled+pseudo"),
+    "PAF: anchored on text": (_SUM, "ulfine.paf_anchor=text"),
+    "P_u: counts": (_SUM, "ulfine.pu_stat=count"),
+    "prototypes: momentum only": (_SUM, "ulfine.learnable_prototypes=false"),
+    "beta 0.99": (_SUM, "ulfine.beta=0.99"),
+    "mu_paf 0.3": (_SUM, "ulfine.mu_paf=0.3"),
+    "w/o orthogonality": (_SUM, "ulfine.orth=false"),
+    "w/o PAF": (_SUM, "ulfine.paf=false"),
     "w/o DLF": ("ulfine.dlf=false",),
 }
 #: each baseline's own options (label -> method, overrides)

@@ -100,7 +100,7 @@ def test_all_switches_off_reproduces_fixmatch_exactly():
 
 def test_full_loss_is_the_sum_of_branch_terms():
     m = _method("ulfine", "ssl.lambda_u=0.5", "ulfine.lambda_orth=0.3", "ulfine.tau_la=0.7",
-                "ulfine.w_dlf=2.0")
+                "ulfine.w_dlf=2.0", "ulfine.fusion=sum")
     with torch.no_grad():  # a non-trivial linear branch (it is zero-initialised)
         m.linear_head.fc.weight.copy_(torch.randn(K, D, generator=torch.Generator().manual_seed(3)))
     batch = _batch()

@@ -63,7 +63,8 @@ class ULFineOptions(Section):
         "ce", description="prototype branch's loss: plain or logit-adjusted CE (tau_la) [R]"
     )
     fusion: Literal["sum", "mean"] = Field(
-        "sum", description="DLF: sum of the two branches' logits, or their mean (half the scale) [R]"
+        "mean", description="DLF: mean of the two branches' logits (default, chosen on the micro "
+        "world's dev seeds) or their sum [R]",
     )
     paf_anchor: Literal["prototype", "text"] = Field(
         "prototype", description="PAF moves the current prototype toward C_v (compounding) or "
