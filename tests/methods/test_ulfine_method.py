@@ -59,6 +59,12 @@ def _method(name: str, *overrides: str, backbone: nn.Module | None = None):
     return METHODS.get(name).from_config(cfg, copy.deepcopy(backbone or TinyBackbone()), _ctx())
 
 
+def _nontrivial_linear_branch(m: ULFine) -> None:
+    """Give the (zero-initialised) linear branch seeded weights, so that its terms count."""
+    with torch.no_grad():
+        m.linear_head.fc.weight.copy_(torch.randn(K, D, generator=torch.Generator().manual_seed(3)))
+
+
 def _grads(m: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
@@ -101,8 +107,7 @@ def test_all_switches_off_reproduces_fixmatch_exactly():
 def test_full_loss_is_the_sum_of_branch_terms():
     m = _method("ulfine", "ssl.lambda_u=0.5", "ulfine.lambda_orth=0.3", "ulfine.tau_la=0.7",
                 "ulfine.w_dlf=2.0", "ulfine.fusion=sum")
-    with torch.no_grad():  # a non-trivial linear branch (it is zero-initialised)
-        m.linear_head.fc.weight.copy_(torch.randn(K, D, generator=torch.Generator().manual_seed(3)))
+    _nontrivial_linear_branch(m)
     batch = _batch()
     out = m.training_step(batch)
     f = m.backbone.encode_image
@@ -192,8 +197,7 @@ def test_logit_adjusted_branch_losses_and_mean_fusion():
     branch enters DLF unadjusted; fusion=mean halves the fused logits."""
     m = _method("ulfine", "ssl.lambda_u=0.5", "ulfine.orth=false", "ulfine.tau_la=0.7",
                 "ulfine.loss_linear=la", "ulfine.loss_prototype=la", "ulfine.fusion=mean")
-    with torch.no_grad():
-        m.linear_head.fc.weight.copy_(torch.randn(K, D, generator=torch.Generator().manual_seed(3)))
+    _nontrivial_linear_branch(m)
     batch = _batch()
     out = m.training_step(batch)
     f = m.backbone.encode_image

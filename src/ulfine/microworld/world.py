@@ -13,7 +13,7 @@ anti-aliasing), :func:`caption` writes a caption from one image's attributes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -94,15 +94,12 @@ PRETRAIN_STYLE = Style(
 #: the downstream task: the unseen-in-captions textures on most objects, brighter coloured
 #: gradient backgrounds, 2-5 clutter items, more noise, and every colour shifted in hue
 #: (``palette_shift``) the way another camera would render it
-DOWNSTREAM_STYLE = Style(
+DOWNSTREAM_STYLE = replace(
+    PRETRAIN_STYLE,
     textures=("solid", "striped", "checkered", "noisy"),
     texture_p=(0.2, 0.1, 0.35, 0.35),
     bg_level=(40.0, 150.0),
-    bg_colour=0.25,
-    bg_gradient=50.0,
-    noise=12.0,
     clutter=(2, 5),
-    light=0.15,
     palette_shift=0.4,
 )
 #: texture words pretraining captions use (the others are drawn but never named)
@@ -320,7 +317,7 @@ def pretrain_style() -> Style:
     allowed = tuple(
         (c, s) for c in range(len(COLOURS)) for s in range(len(SHAPES)) if not is_held_out(c, s)
     )
-    return Style(**{**PRETRAIN_STYLE.__dict__, "allowed": allowed})
+    return replace(PRETRAIN_STYLE, allowed=allowed)
 
 
 def sample_pretrain_batch(seed: int, n: int) -> tuple[np.ndarray, list[str], Attributes]:
