@@ -136,3 +136,4 @@ def test_every_standard_setting_has_a_scratch_preset():
         assert scratch.train.epochs * scratch.train.steps_per_epoch == 250_000 and scratch.train.batch_size == 64
     assert load_config("imagenet127_64px_scratch").model.image_size == 64
     assert load_config("stl10_n450_g10_scratch").model.arch == "wrn-28-2"
+

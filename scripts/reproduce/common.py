@@ -51,7 +51,7 @@ class Run:
     def command(self, runs_dir: Path, extra: Sequence[str] = ()) -> list[str]:
         """The command line (``extra`` overrides come last, so they win)."""
         return [
-            "ulfine", "train", self.preset, f"method={self.method}", f"seed={self.seed}",
+            "ulfine", "train", "--no-report", self.preset, f"method={self.method}", f"seed={self.seed}",
             *self.overrides, *extra, f"output_dir={self.run_dir(runs_dir)}",
         ]
 

@@ -6,10 +6,12 @@
     python scripts/reproduce/finetune_analysis.py --presets microworld_n100_m200_g20_consistent --quick
 
 Rows: zero-shot (nothing trains: one run), then supervised and FixMatch on each of LP, LFT and
-FFT (``--methods`` adds e.g. ``ulfine``). Columns: overall and per-group test accuracy, and from
-the pseudo-label diagnostics of the final model on the unlabeled set (confident = max softmax
->= ``ssl.tau``): precision, mask rate, the number of false confident pseudo-labels, the mean
-confidence of the false and of the true ones, ECE. One PNG per preset shows the confidence
+FFT (``--methods`` adds e.g. ``ulfine``); on the micro world each strategy runs with the recipe
+the study chose for it (``ulfine.microworld.task.strategy_overrides``). Columns: overall and
+per-group test accuracy, and from the pseudo-label diagnostics of the final model on the
+unlabeled set (confident = max softmax >= ``ssl.tau``): precision, mask rate, the number of false
+confident pseudo-labels, the mean confidence of the false and of the true ones, ECE. One PNG per
+preset shows the confidence
 histogram of correct and false confident pseudo-labels per row (summed over seeds).
 
 The published findings it is meant to test, reported whether or not they hold: FFT is worst; LP
@@ -33,6 +35,8 @@ from common import Grid, base_parser, finish, records
 
 from ulfine.apps.plots import plot_confidence_histograms
 from ulfine.apps.results import summed_confidence_histogram, table_by_metric
+from ulfine.config import load_config
+from ulfine.microworld.task import strategy_overrides
 
 TABLE = "finetune_analysis"
 PRESETS = ["cifar10_n1500_m3000_g100_consistent", "cifar100_n150_m300_g10_consistent"]
@@ -43,6 +47,14 @@ COLUMNS = ["overall", "head", "medium", "tail", "pl_precision", "pl_mask_rate", 
 #: rows whose confidence histogram is plotted (supervised rows are in the table only)
 PLOTTED = ("zeroshot", "fixmatch", "ulfine", "loft")
 QUICK_BUDGET = ("train.epochs=1", "train.steps_per_epoch=4")
+
+
+def strategy(preset: str, finetune: str) -> tuple[str, ...]:
+    """``finetune=...``, with the micro world's chosen recipe (learning rate, adapter scale) on a
+    micro-world preset; elsewhere the preset's own optimiser settings."""
+    if load_config(preset).data.dataset == "microworld":
+        return strategy_overrides(finetune)
+    return (f"finetune={finetune}",)
 
 
 def build_grid(presets: list[str], methods: list[str], finetunes: list[str], seeds: list[int],
@@ -56,7 +68,7 @@ def build_grid(presets: list[str], methods: list[str], finetunes: list[str], see
                 grid.add("zero-shot", preset, method, seeds[:1], "finetune=lp", *budget)
                 continue
             for ft in finetunes:
-                grid.add(f"{method} {ft.upper()}", preset, method, seeds, f"finetune={ft}", *budget)
+                grid.add(f"{method} {ft.upper()}", preset, method, seeds, *strategy(preset, ft), *budget)
     return grid
 
 

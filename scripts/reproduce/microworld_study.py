@@ -21,55 +21,81 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Grid, base_parser, finish, per_preset_tables
 
-from ulfine.microworld.task import STRATEGY_LR
+from ulfine.methods.loft import RECIPE_OVERRIDES as LOFT_RECIPE
+from ulfine.microworld.task import STRATEGY_LR, strategy_overrides
 
 PRESET = "microworld_n100_m200_g20_consistent"
 DEV_SEEDS = (0, 1, 2)
-LFT = ("finetune=lft", f"optim.lr={STRATEGY_LR['lft']}", "eval.every_epochs=5")  # final model only
+LFT = (*strategy_overrides("lft"), "eval.every_epochs=5")  # the chosen LFT recipe; final model only
 LRS = (0.003, 0.01, 0.03, 0.1)
+#: extra rows of the lr stage: FFT below the grid (while its best rate is the smallest tried), and
+#: LFT with the adapter at full scale (AdaptFormer's 0.1 makes the adapter's effective step 100x
+#: smaller); the strategy's recipe (rate and scale) is chosen together, once, for every method
+LR_EXTRA: dict[str, tuple[str, ...]] = {
+    "FFT supervised lr=0.001": ("finetune=fft", "optim.lr=0.001"),
+    "FFT supervised lr=0.0003": ("finetune=fft", "optim.lr=0.0003"),
+    **{f"LFT supervised scale=1 lr={lr}": ("finetune=lft", f"optim.lr={lr}", "peft_options.adaptformer_scale=1.0")
+       for lr in (0.003, 0.01, 0.03)},
+}
 VAL = ("data.val_per_class=20", "data.num_unlabeled_head=180")  # the pool has 300 per class
 #: balanced labels: 100 per class (the preset's head count for every class)
 BALANCED = ("data.imbalance_labeled=1", "eval.every_epochs=1")
 
-#: ULFine's reconstructed choices, one at a time from the defaults the study started from
-#: (``fusion=sum``, now ``mean`` after this very study), label -> overrides
-_SUM = "ulfine.fusion=sum"
+#: ULFine's reconstructed choices ([R] in docs/method.md), one at a time from the defaults
+#: (``fusion=mean`` since the first study on the previous world), label -> overrides
 ULFINE_VARIANTS: dict[str, tuple[str, ...]] = {
-    "former defaults (DLF sum)": (_SUM,),
-    "linear branch: LA loss": (_SUM, "ulfine.loss_linear=la"),
-    "prototype branch: LA loss": (_SUM, "ulfine.loss_prototype=la"),
-    "both branches: LA loss": (_SUM, "ulfine.loss_linear=la", "ulfine.loss_prototype=la"),
-    "DLF: mean of branches": ("ulfine.fusion=mean",),
-    "DLF: w_dlf 0.5": (_SUM, "ulfine.w_dlf=0.5"),
-    "DLF: tau_la 2": (_SUM, "ulfine.tau_la=2"),
-    "DLF prior: labeled + pseudo": (_SUM, "ulfine.prior=labeled+pseudo"),
-    "PAF: anchored on text": (_SUM, "ulfine.paf_anchor=text"),
-    "P_u: counts": (_SUM, "ulfine.pu_stat=count"),
-    "prototypes: momentum only": (_SUM, "ulfine.learnable_prototypes=false"),
-    "beta 0.99": (_SUM, "ulfine.beta=0.99"),
-    "mu_paf 0.3": (_SUM, "ulfine.mu_paf=0.3"),
-    "w/o orthogonality": (_SUM, "ulfine.orth=false"),
-    "w/o PAF": (_SUM, "ulfine.paf=false"),
+    "defaults": (),
+    # which branch is trained with which loss
+    "linear branch: LA loss": ("ulfine.loss_linear=la",),
+    "prototype branch: LA loss": ("ulfine.loss_prototype=la",),
+    "both branches: LA loss": ("ulfine.loss_linear=la", "ulfine.loss_prototype=la"),
+    # DLF's form, weight (which branch dominates the decision) and prior
+    "DLF: sum": ("ulfine.fusion=sum",),
+    "DLF: w_dlf 0.5": ("ulfine.w_dlf=0.5",),
+    "DLF: w_dlf 2": ("ulfine.w_dlf=2",),
+    "DLF: tau_la 2": ("ulfine.tau_la=2",),
+    "DLF prior: labeled + pseudo": ("ulfine.prior=labeled+pseudo",),
+    "pseudo-labels: prototype branch": ("ulfine.pseudo_labels=prototype",),
+    # PAF
+    "PAF: anchored on text": ("ulfine.paf_anchor=text",),
+    "P_u: counts": ("ulfine.pu_stat=count",),
+    "prototypes: momentum only": ("ulfine.learnable_prototypes=false",),
+    "beta 0.99": ("ulfine.beta=0.99",),
+    "mu_paf 0.3": ("ulfine.mu_paf=0.3",),
+    "lambda_orth 1": ("ulfine.lambda_orth=1",),
+    "w/o orthogonality": ("ulfine.orth=false",),
+    "w/o PAF": ("ulfine.paf=false",),
     "w/o DLF": ("ulfine.dlf=false",),
+    # the threshold every FixMatch-style method shares (the baselines get the same two)
+    "tau 0.6": ("ssl.tau=0.6",),
+    "tau 0.8": ("ssl.tau=0.8",),
 }
-#: each baseline's own options (label -> method, overrides)
+#: each baseline's options (label -> method, overrides): the shared threshold family with the same
+#: two alternatives ULFine gets, and up to two alternatives per own numeric option (ULFine: w_dlf
+#: 0.5/2, tau_la 2, beta, mu_paf, lambda_orth)
 BASELINE_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "FixMatch tau 0.7 (default)": ("fixmatch", ()),
     "FixMatch tau 0.6": ("fixmatch", ("ssl.tau=0.6",)),
-    "FixMatch tau 0.7": ("fixmatch", ("ssl.tau=0.7",)),
     "FixMatch tau 0.8": ("fixmatch", ("ssl.tau=0.8",)),
     "FixMatch tau 0.95": ("fixmatch", ("ssl.tau=0.95",)),
+    "FixMatch-LA defaults": ("fixmatch_la", ()),
+    "FixMatch-LA tau 0.6": ("fixmatch_la", ("ssl.tau=0.6",)),
+    "FixMatch-LA tau 0.8": ("fixmatch_la", ("ssl.tau=0.8",)),
     "FixMatch-LA tau_la 0.5": ("fixmatch_la", ("fixmatch_la.tau_la=0.5",)),
-    "FixMatch-LA tau_la 1": ("fixmatch_la", ("fixmatch_la.tau_la=1",)),
-    "FixMatch-LA tau_la 1.5": ("fixmatch_la", ("fixmatch_la.tau_la=1.5",)),
     "FixMatch-LA tau_la 2": ("fixmatch_la", ("fixmatch_la.tau_la=2",)),
     "FineSSL defaults": ("finessl", ()),
+    "FineSSL tau 0.6": ("finessl", ("ssl.tau=0.6",)),
+    "FineSSL tau 0.8": ("finessl", ("ssl.tau=0.8",)),
+    "FineSSL margin 0.5": ("finessl", ("finessl.margin_scale=0.5",)),
     "FineSSL margin 2": ("finessl", ("finessl.margin_scale=2",)),
     "FineSSL smoothing 0.2": ("finessl", ("finessl.label_smoothing=0.2",)),
-    "FineSSL smoothing 0": ("finessl", ("finessl.label_smoothing=0",)),
-    "LoFT tau 0.6": ("loft", ("ssl.tau=0.6",)),
+    "FineSSL smoothing 0.8": ("finessl", ("finessl.label_smoothing=0.8",)),
+    "LoFT defaults (tau 0.6)": ("loft", LOFT_RECIPE),
+    "LoFT tau 0.5": ("loft", ("ssl.tau=0.5",)),
     "LoFT tau 0.7": ("loft", ("ssl.tau=0.7",)),
-    "LoFT tau 0.8": ("loft", ("ssl.tau=0.8",)),
-    "LoFT tau 0.6 tau_ood 0.2": ("loft", ("ssl.tau=0.6", "loft.tau_ood=0.2")),
+    "LoFT tau_ood 0.2": ("loft", (*LOFT_RECIPE, "loft.tau_ood=0.2")),
+    "LoFT lambda_soft 0.5": ("loft", (*LOFT_RECIPE, "loft.lambda_soft=0.5")),
+    "LoFT lambda_soft 2": ("loft", (*LOFT_RECIPE, "loft.lambda_soft=2")),
 }
 COLUMNS = {
     "lr": ["val_overall", "val_balanced", "overall"],
@@ -87,14 +113,16 @@ def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None) -> G
             for lr in LRS:
                 grid.add(f"{ft.upper()} supervised lr={lr}", PRESET, "supervised", [0],
                          f"finetune={ft}", f"optim.lr={lr}", *VAL)
+        for label, overrides in LR_EXTRA.items():
+            grid.add(label, PRESET, "supervised", [0], *overrides, *VAL)
     elif stage == "regime":
         grid.add("zero-shot", PRESET, "zeroshot", [0], "finetune=lp")
-        for ft, lr in STRATEGY_LR.items():
+        for ft in STRATEGY_LR:
             grid.add(f"{ft.upper()} supervised, balanced labels", PRESET, "supervised", seeds,
-                     f"finetune={ft}", f"optim.lr={lr}", *BALANCED)
-        for ft, lr in STRATEGY_LR.items():
+                     *strategy_overrides(ft), *BALANCED)
+        for ft in STRATEGY_LR:
             grid.add(f"{ft.upper()} supervised, long-tailed labels", PRESET, "supervised", seeds,
-                     f"finetune={ft}", f"optim.lr={lr}", "eval.every_epochs=1")
+                     *strategy_overrides(ft), "eval.every_epochs=1")
     elif stage == "ulfine":
         for label, overrides in ULFINE_VARIANTS.items():
             if rows is None or label in rows:

@@ -172,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     preset, overrides = _train_args(args)
     cfg = load_config(preset, _with_plugins(args, overrides), budget=args.budget)
     run_dir = train(cfg)
-    if _is_main_process():
+    if _is_main_process() and not args.no_report:
         try:
             report = write_report(run_dir)
             print(f"report: {report.folder / 'report.md'}")
@@ -316,6 +316,9 @@ def _add_config_commands(sub: Subparsers) -> None:
     p.add_argument("--budget", type=float, default=None, metavar="FRACTION",
                    help="train on this fraction of the preset's epochs x steps (e.g. 0.001 for a "
                    "smoke run of a 250k-step scratch preset); the run records the shortened budget")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the plots and report.md (grids of many runs; `ulfine report RUN_DIR` "
+                   "writes them later)")
     p.set_defaults(func=cmd_train)
     plain_help = p.format_help
     p.format_help = lambda: plain_help() + "\n" + _registered_text()  # registries load only for help

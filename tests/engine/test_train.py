@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import assert_unlabeled_loss_active, initial_weights, moved, tiny_config
+from tiny import assert_unlabeled_loss_active, initial_weights, moved, tiny_config, tiny_overrides
 
 import ulfine.engine.assemble
 from ulfine.data import UNKNOWN_LABEL, ImageSet
@@ -108,6 +108,29 @@ def test_cached_diagnostic_features_follow_the_seeded_subset(tmp_path):
     fresh = _final(train(tiny_config(tmp_path / "s1i", *common, "seed=1", "cache.features=false")))
     assert cached["pseudo_labels"]["confident_counts"] == fresh["pseudo_labels"]["confident_counts"]
     assert cached["pseudo_labels"]["accuracy"] == pytest.approx(fresh["pseudo_labels"]["accuracy"])
+
+
+def test_feature_cache_notices_changed_pixels(tmp_path, monkeypatch):
+    """Regression: the cache key named the dataset and the rows, not the pixels, so re-generated
+    or edited images (a new micro world, an edited image folder) were served stale features."""
+    common = ["method=zeroshot", "finetune=lp", "model.pretrained=micro",
+              f"cache.dir={tmp_path / 'shared-cache'}"]
+    before = _final(train(tiny_config(tmp_path / "a", *common)))
+    real = ulfine.engine.assemble.build_ssl_data
+
+    def inverted(cfg, seed):  # the same dataset name, split and indices; other pixels
+        data = real(cfg, seed)
+        for role in ("test", "unlabeled"):
+            s = getattr(data, role)
+            setattr(data, role, ImageSet(255 - np.asarray(s.images), s.labels, s.image_size))
+        return data
+
+    monkeypatch.setattr(ulfine.engine.assemble, "build_ssl_data", inverted)
+    cached = _final(train(tiny_config(tmp_path / "b", *common)))
+    fresh = _final(train(tiny_config(tmp_path / "c", *common, "cache.features=false")))
+    assert cached["pseudo_labels"]["confident_counts"] != before["pseudo_labels"]["confident_counts"]
+    assert cached["pseudo_labels"]["confident_counts"] == fresh["pseudo_labels"]["confident_counts"]
+    assert cached["per_class_acc"] == fresh["per_class_acc"]
 
 
 def _relabel(monkeypatch, label: int) -> None:
@@ -296,3 +319,18 @@ def test_eval_overrides_change_only_where_it_runs(tmp_path, capsys):
     assert "can only override" in capsys.readouterr().err
     assert main(["eval", str(run), "eval.batch_size=5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["overall_acc"] == m["overall_acc"]
+
+
+def test_cli_train_writes_its_report_unless_told_not_to(tmp_path, capsys):
+    """`ulfine train` ends with the run's report; `--no-report` (grids of many runs) skips it and
+    `ulfine report` writes the same report later."""
+    from ulfine.cli import main
+
+    for name, flag in (("with", []), ("without", ["--no-report"])):
+        assert main(["train", *flag, *tiny_overrides(tmp_path / name, "method=supervised", "finetune=lp")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("report: ") == 1 and str(tmp_path / "with" / "run" / "report") in out
+    assert (tmp_path / "with" / "run" / "report" / "report.md").is_file()
+    assert not (tmp_path / "without" / "run" / "report").exists()
+    assert main(["report", str(tmp_path / "without" / "run")]) == 0
+    assert (tmp_path / "without" / "run" / "report" / "report.md").is_file()

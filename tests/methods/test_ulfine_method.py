@@ -217,6 +217,25 @@ def test_logit_adjusted_branch_losses_and_mean_fusion():
     torch.testing.assert_close(m.predict(x), (zl(f(x)) + zt(f(x))) / 2)
 
 
+def test_pseudo_labels_from_the_prototype_branch():
+    """pseudo_labels=prototype: the weak views are labelled (and P_u's memory filled) by z^t alone
+    while the prediction stays fused; with a trained linear branch the two disagree here."""
+    m = _method("ulfine", "ulfine.pseudo_labels=prototype", "ssl.tau=0.0")
+    fused = _method("ulfine", "ssl.tau=0.0")
+    for method in (m, fused):
+        _nontrivial_linear_branch(method)
+    batch = _batch()
+    out, ref = m.training_step(batch), fused.training_step(batch)
+    f = m.backbone.encode_image
+    zt = paf.prototype_logits(f(batch.u_w), m.prototypes, 10.0)
+    label, conf, _ = pseudo_label(zt, 0.0)
+    assert torch.equal(out.pseudo.label, label) and not torch.equal(ref.pseudo.label, label)
+    torch.testing.assert_close(out.pseudo.confidence, conf)
+    assert torch.equal(m.memory_label[batch.idx_u], label)
+    x = torch.randn(5, 3, 2, 2)
+    torch.testing.assert_close(m.predict(x), fused.predict(x))
+
+
 def test_text_anchored_fitting_does_not_compound():
     """paf_anchor=text: c_k = normalise((1 - alpha_k) t_k + alpha_k c_v) whatever c_k was before,
     so two fittings with the same alpha give the same prototypes (the default compounds)."""

@@ -35,12 +35,12 @@ def test_ablation_dry_run_lists_every_variant(capsys, tmp_path):
                 "--extra", "model.pretrained=/w/vit.pt", "--runs-dir", str(tmp_path))
     assert len(cmds) == len(mod.VARIANTS) * 2
     first = cmds[0]
-    assert first[:5] == ["ulfine", "train", "cifar10_n1500_m3000_g100_consistent", "method=ulfine", "seed=0"]
-    assert first[5] == "model.pretrained=/w/vit.pt"
-    assert first[6].startswith(f"output_dir={tmp_path}/ablation/cifar10_n1500_m3000_g100_consistent/")
+    assert first[:6] == ["ulfine", "train", "--no-report", "cifar10_n1500_m3000_g100_consistent", "method=ulfine", "seed=0"]
+    assert first[6] == "model.pretrained=/w/vit.pt"
+    assert first[7].startswith(f"output_dir={tmp_path}/ablation/cifar10_n1500_m3000_g100_consistent/")
     all_off = [c for c in cmds if "ulfine.paf=false" in c and "ulfine.orth=false" in c
                and "ulfine.dlf=false" in c]
-    assert len(all_off) == 2 and {c[4] for c in all_off} == {"seed=0", "seed=1"}
+    assert len(all_off) == 2 and {c[5] for c in all_off} == {"seed=0", "seed=1"}
     assert len({c[-1] for c in cmds}) == len(cmds)  # every run has its own folder
 
 
@@ -50,7 +50,7 @@ def test_main_results_dry_run(capsys):
                 "--methods", "zeroshot", "fixmatch", "ulfine", "--seeds", "0", "1", "2")
     # zeroshot: one seed; the others three, per preset
     assert len(cmds) == 2 * (1 + 3 + 3)
-    assert [c[2:5] for c in cmds[:4]] == [
+    assert [c[3:6] for c in cmds[:4]] == [
         ["stl10_n150_g10", "method=zeroshot", "seed=0"],
         ["stl10_n150_g10", "method=fixmatch", "seed=0"],
         ["stl10_n150_g10", "method=fixmatch", "seed=1"],
@@ -62,11 +62,11 @@ def test_main_results_dry_run(capsys):
 def test_finetune_and_cost_dry_runs(capsys):
     cmds = _dry(_load("finetune_analysis"), capsys, "--presets", "cifar10_n1500_m3000_g100_consistent",
                 "--methods", "fixmatch", "--seeds", "0")
-    assert [c[5] for c in cmds] == ["finetune=lp", "finetune=lft", "finetune=fft"]
+    assert [c[6] for c in cmds] == ["finetune=lp", "finetune=lft", "finetune=fft"]
     cost = _load("training_cost")
     cmds = _dry(cost, capsys)
     assert len(cmds) == len(cost.BUDGETS)
-    assert ["finessl", "train.epochs=30"] == [cmds[0][3].split("=")[1], cmds[0][6]]
+    assert ["finessl", "train.epochs=30"] == [cmds[0][4].split("=")[1], cmds[0][7]]
 
 
 def test_tables_collect_final_metrics(tmp_path, capsys):
@@ -107,7 +107,7 @@ def test_scripts_have_help(name, capsys):
 def test_main_results_runs_loft_with_its_recipe(capsys):
     cmds = _dry(_load("main_results"), capsys, "--presets", "stl10_n150_g10", "--methods", "fixmatch", "loft",
                 "--seeds", "0")
-    assert "ssl.tau=0.6" in cmds[1] and cmds[1][3] == "method=loft"
+    assert "ssl.tau=0.6" in cmds[1] and cmds[1][4] == "method=loft"
     assert not any(c.startswith("ssl.tau") for c in cmds[0])  # the recipe is LoFT's only
 
 

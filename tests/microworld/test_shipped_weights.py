@@ -20,15 +20,15 @@ def test_shipped_weights_give_the_documented_zero_shot_accuracy() -> None:
     with torch.no_grad():
         text = backbone.encode_text([f"a photo of a {c}." for c in T.CLASS_NAMES])
     pred = zero_shot_predict(backbone.encode_image, text, x_te, normalizer_for(backbone.preprocess))
-    # docs/microworld.md and README: 67.1% on the full test set (2400 images; chance 4.2%), as
-    # recorded in micro_clip.json (0.6708, measured on CPU): pinned to half a point
+    # docs/microworld.md and README: 46.4% on the full test set (2400 images; chance 4.2%), as
+    # recorded in micro_clip.json (0.4642, measured on CPU): pinned to half a point
     assert len(y_te) == 2400
     acc = float((pred == y_te).mean())
-    assert abs(acc - 0.6708) <= 0.005, acc
+    assert abs(acc - 0.4642) <= 0.005, acc
     record = json.loads(MICRO_WEIGHTS.with_suffix(".json").read_text())
     assert record["arch"] == MICRO_ARCH and record["zero_shot_images"] == 2400
     assert abs(record["zero_shot_accuracy"] - acc) <= 0.005
-    # held-out colour/shape pairs (never seen in pretraining): 66.0% documented
+    # held-out colour/shape pairs (never seen in pretraining): 43.0% documented
     held = np.isin(y_te, T.held_out_classes())
     assert abs(float((pred[held] == y_te[held]).mean()) - record["zero_shot_held_out"]) <= 0.01
     assert MICRO_WEIGHTS.stat().st_size < 10_500_000

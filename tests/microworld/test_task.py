@@ -44,6 +44,9 @@ def test_presets_exist_and_state_the_micro_model() -> None:
         cfg = load_config(name)
         assert (cfg.model.arch, cfg.model.pretrained, cfg.data.dataset) == ("ulfine-micro-vit", "micro", "microworld")
         assert list_presets()[name].startswith("micro world")
+        # the preset's default strategy (LFT) runs with the recipe the study chose for it
+        recipe = load_config(name, list(T.strategy_overrides("lft")))
+        assert cfg.finetune == "lft" and cfg.model_dump() == recipe.model_dump()
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -96,3 +96,18 @@ def test_palette_shift_moves_each_colour_toward_the_next_hue() -> None:
         radius=np.array([10.0]), angle=np.array([0.0]), seed=np.array([0]),
     )
     assert tuple(W.render(attrs, style)[0, 16, 16]) == tuple(np.rint(0.5 * red + 0.5 * orange).astype(int))
+
+
+def test_sensor_banding_adds_the_same_stripes_to_every_patch() -> None:
+    """Style.sensor_pattern adds amplitude * (1, 0, -1, 0) per column (period = the ViT's patch),
+    on top of everything else; the pretraining style has none, the downstream style 40."""
+    rng = np.random.default_rng(3)
+    attrs = W.sample_attributes(rng, 4, W.Style())
+    plain = W.render(attrs, W.Style(bg_level=(100.0, 100.0))).astype(int)
+    banded = W.render(attrs, W.Style(bg_level=(100.0, 100.0), sensor_pattern=40.0)).astype(int)
+    diff = banded - plain
+    inside = (plain > 45) & (plain < 210)  # away from clipping
+    expected = np.broadcast_to(np.tile([40, 0, -40, 0], 8)[None, None, :, None], diff.shape)
+    assert inside.mean() > 0.5 and np.array_equal(diff[inside], expected[inside])
+    assert W.PRETRAIN_STYLE.sensor_pattern == 0.0 and W.DOWNSTREAM_STYLE.sensor_pattern == 40.0
+    assert W.SENSOR_PERIOD == 4

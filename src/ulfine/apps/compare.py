@@ -17,7 +17,7 @@ from pathlib import Path
 from ..config import load_config
 from ..engine import train
 from ..methods.loft import RECIPE_OVERRIDES as LOFT_RECIPE
-from ..microworld.task import STRATEGY_LR
+from ..microworld.task import strategy_overrides
 from .report import write_report
 from .results import METRICS_FILE, Row, row_from_metrics
 
@@ -35,25 +35,20 @@ class MethodSpec:
         return "".join(c if c.isalnum() else "-" for c in self.label.lower()).strip("-").replace("--", "-")
 
 
-def _on(finetune: str) -> tuple[str, str]:
-    """``finetune=...`` with the learning rate the micro-world study chose for that strategy."""
-    return f"finetune={finetune}", f"optim.lr={STRATEGY_LR[finetune]}"
-
-
 #: the demo's comparison: the paper's three ways to use the foundation model, plus ULFine
 DEMO_METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("zero-shot", ("method=zeroshot", "finetune=lp")),
-    MethodSpec("LP + FixMatch", ("method=fixmatch", *_on("lp"))),
-    MethodSpec("LFT + FixMatch", ("method=fixmatch", *_on("lft"))),
-    MethodSpec("FFT + FixMatch", ("method=fixmatch", *_on("fft"))),
-    MethodSpec("ULFine (LFT)", ("method=ulfine", *_on("lft"))),
+    MethodSpec("LP + FixMatch", ("method=fixmatch", *strategy_overrides("lp"))),
+    MethodSpec("LFT + FixMatch", ("method=fixmatch", *strategy_overrides("lft"))),
+    MethodSpec("FFT + FixMatch", ("method=fixmatch", *strategy_overrides("fft"))),
+    MethodSpec("ULFine (LFT)", ("method=ulfine", *strategy_overrides("lft"))),
 )
 #: the benchmark adds the supervised and long-tailed baselines (all on LFT, like ULFine)
 BENCHMARK_METHODS: tuple[MethodSpec, ...] = DEMO_METHODS[:4] + (
-    MethodSpec("LFT supervised", ("method=supervised", *_on("lft"))),
-    MethodSpec("LFT + FixMatch-LA", ("method=fixmatch_la", *_on("lft"))),
-    MethodSpec("LFT + FineSSL", ("method=finessl", *_on("lft"))),
-    MethodSpec("LFT + LoFT", ("method=loft", *_on("lft"), *LOFT_RECIPE)),
+    MethodSpec("LFT supervised", ("method=supervised", *strategy_overrides("lft"))),
+    MethodSpec("LFT + FixMatch-LA", ("method=fixmatch_la", *strategy_overrides("lft"))),
+    MethodSpec("LFT + FineSSL", ("method=finessl", *strategy_overrides("lft"))),
+    MethodSpec("LFT + LoFT", ("method=loft", *strategy_overrides("lft"), *LOFT_RECIPE)),
     DEMO_METHODS[4],
 )
 

@@ -8,6 +8,8 @@ split, a user's ``unlabeled/`` folder) whose labels are -1 when unknown.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +71,20 @@ class StoredArray:
         state["_map"] = None  # workers reopen the file instead of copying it
         return state
 
+    def fingerprint(self) -> str:
+        """The stored file's identity (path, size, modification time, layout): reading 2.7 GB to
+        hash it would cost more than the features it guards."""
+        return _file_identity([self.path], f"{self.stored_shape}{self.layout}{self.offset}")
+
+
+def _file_identity(paths: Sequence[Path], salt: str = "") -> str:
+    """sha256 of each file's path, size and modification time (a changed file changes it)."""
+    h = hashlib.sha256(salt.encode())
+    for path in paths:
+        st = os.stat(path)
+        h.update(f"{os.fspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
 
 @dataclass
 class ImageSet:
@@ -94,6 +110,17 @@ class ImageSet:
         if isinstance(self.images, (np.ndarray, StoredArray)):
             return np.ascontiguousarray(self.images[index])
         return decode_image(self.images[index], self.image_size)
+
+    def fingerprint(self) -> str:
+        """What the pixels are: a hash of the bytes of an in-memory array, else of the files'
+        identity. Why: caches keyed by dataset name and indices alone would serve stale features
+        after the images changed (an edited image folder, a re-generated micro world)."""
+        if isinstance(self.images, np.ndarray):
+            data = np.ascontiguousarray(self.images)
+            return hashlib.sha256(f"{data.shape}{data.dtype}".encode() + data.data).hexdigest()
+        if isinstance(self.images, StoredArray):
+            return self.images.fingerprint()
+        return _file_identity([Path(p) for p in self.images], str(self.image_size))
 
     def subset(self, indices: np.ndarray) -> ImageSet:
         """The images at ``indices`` (order kept)."""

@@ -50,6 +50,7 @@ def set_features(parts: RunParts, images: ImageSet, role: str, rt: Runtime,
         role=role,
         indices=indices,
         split_hash=getattr(parts.data, "split_hash", None),
+        extra={"content": images.fingerprint()},
     )
 
     def batches() -> Iterator[torch.Tensor]:

@@ -33,7 +33,16 @@ TASK_SEED = 20250508  # fixes every pixel of the task
 #: the learning rate of each fine-tuning strategy on this task, chosen once with the supervised
 #: baseline on a validation split (seed 0; docs/microworld.md section 7.1) and used for every
 #: method of that strategy by the demo, the benchmark and the study
-STRATEGY_LR: dict[str, float] = {"lp": 0.003, "lft": 0.03, "fft": 0.003}
+STRATEGY_LR: dict[str, float] = {"lp": 0.01, "lft": 0.01, "fft": 0.001}
+#: the rest of a strategy's recipe, chosen in the same selection: LFT's adapters at full scale
+#: (AdaptFormer's 0.1 shrinks the adapter's effective step a hundredfold)
+STRATEGY_OPTIONS: dict[str, tuple[str, ...]] = {"lft": ("peft_options.adaptformer_scale=1.0",)}
+
+
+def strategy_overrides(finetune: str) -> tuple[str, ...]:
+    """``finetune=...`` plus this task's chosen recipe for that strategy (learning rate, adapter
+    scale): what every method of the strategy runs with in the demo, the benchmark and the study."""
+    return (f"finetune={finetune}", f"optim.lr={STRATEGY_LR[finetune]}", *STRATEGY_OPTIONS.get(finetune, ()))
 
 
 def class_attributes(name: str) -> tuple[int, int]:

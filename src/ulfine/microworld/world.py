@@ -40,6 +40,10 @@ SIZES: tuple[str, ...] = ("small", "medium", "large")
 SIZE_RADIUS: dict[str, tuple[float, float]] = {
     "small": (4.0, 6.5), "medium": (6.5, 9.5), "large": (9.5, 12.5),
 }
+#: period of the sensor banding (``Style.sensor_pattern``): the ViT's patch size, so every patch
+#: carries the same pattern and the frozen tower sees one fixed offset per token, which an
+#: adapter can learn to cancel and a classifier on the frozen features cannot
+SENSOR_PERIOD = 4
 #: textures the pretraining captions know; "checkered" and "noisy" are downstream-only shifts
 TEXTURES: tuple[str, ...] = ("solid", "striped", "dotted", "checkered", "noisy")
 
@@ -75,6 +79,10 @@ class Style:
     #: every colour drawn this fraction of the way toward the next colour of COLOUR_CYCLE (a
     #: consistent shift of hue, like another camera's colour response)
     palette_shift: float = 0.0
+    #: amplitude (grey levels) of a fixed banding the camera adds to every image: vertical
+    #: stripes of period :data:`SENSOR_PERIOD` px, brightening and darkening alternate columns
+    #: (a sensor's fixed-pattern noise). 0 = none.
+    sensor_pattern: float = 0.0
 
 
 #: the broad pretraining distribution: a foundation model has seen a bit of everything, the
@@ -92,8 +100,9 @@ PRETRAIN_STYLE = Style(
     light=0.15,
 )
 #: the downstream task: the unseen-in-captions textures on most objects, brighter coloured
-#: gradient backgrounds, 2-5 clutter items, more noise, and every colour shifted in hue
-#: (``palette_shift``) the way another camera would render it
+#: gradient backgrounds, 2-5 clutter items, more noise, and another camera: every colour shifted
+#: in hue (``palette_shift``, a text-side gap) and a fixed sensor banding that pretraining never
+#: showed (``sensor_pattern``, an image-side gap that only fine-tuning the tower can close)
 DOWNSTREAM_STYLE = replace(
     PRETRAIN_STYLE,
     textures=("solid", "striped", "checkered", "noisy"),
@@ -101,6 +110,7 @@ DOWNSTREAM_STYLE = replace(
     bg_level=(40.0, 150.0),
     clutter=(2, 5),
     palette_shift=0.4,
+    sensor_pattern=40.0,
 )
 #: texture words pretraining captions use (the others are drawn but never named)
 CAPTIONED_TEXTURES: tuple[str, ...] = ("striped", "dotted")
@@ -279,7 +289,15 @@ def render(attrs: Attributes, style: Style = PRETRAIN_STYLE, supersample: int = 
     light = 1.0 + g.uniform(-style.light, style.light, (n, 3)).astype(f32)
     img = lum * (base * light)[:, None, None, :] + (1.0 - alpha) * img
     img = img + style.noise * g.standard_normal((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=f32)
+    img = img + style.sensor_pattern * sensor_banding()[None, None, :, None]
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def sensor_banding() -> np.ndarray:
+    """(IMAGE_SIZE,) float32 column profile of the sensor banding: cos(2 pi x / SENSOR_PERIOD) at
+    integer columns, i.e. 1, 0, -1, 0, ... for period 4."""
+    phase = np.arange(IMAGE_SIZE) % SENSOR_PERIOD
+    return np.rint(np.cos(2 * np.pi * phase / SENSOR_PERIOD) * 1e6).astype(np.float32) / 1e6
 
 
 def palette(shift: float = 0.0) -> np.ndarray:

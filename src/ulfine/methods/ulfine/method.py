@@ -66,6 +66,10 @@ class ULFineOptions(Section):
         "mean", description="DLF: mean of the two branches' logits (default, chosen on the micro "
         "world's dev seeds) or their sum [R]",
     )
+    pseudo_labels: Literal["fused", "prototype"] = Field(
+        "fused", description="logits the weak-view pseudo-labels (and P_u's memory) come from: the "
+        "fused z^f, or the prototype branch z^t alone (predictions stay fused) [R]",
+    )
     paf_anchor: Literal["prototype", "text"] = Field(
         "prototype", description="PAF moves the current prototype toward C_v (compounding) or "
         "re-fits from the fixed text feature each step: c = (1-alpha) t + alpha c_v [R]",
@@ -153,6 +157,10 @@ class ULFine(Method):
         kind = self.opts.loss_linear if branch == "linear" else self.opts.loss_prototype
         return logit_adjusted(logits, self.prior(), self.opts.tau_la) if kind == "la" else logits
 
+    def _pseudo_label_source(self) -> str:
+        """Which logits label the weak views: ``decision`` (z^f with DLF) or ``prototype`` [R]."""
+        return "prototype" if self.opts.pseudo_labels == "prototype" else "decision"
+
     def training_step(self, batch: Batch) -> StepOutput:
         """L = sum over branches of [L_s + lambda_u L_u] + lambda_orth L_orth; pseudo-labels from z^f."""
         f_l, f_uw, f_us = self.ssl_features(batch)
@@ -181,7 +189,7 @@ class ULFine(Method):
         pseudo: PseudoLabels | None = None
         if f_uw is not None and f_us is not None:
             with torch.no_grad():
-                weak = self.branch_logits(f_uw)["decision"]
+                weak = self.branch_logits(f_uw)[self._pseudo_label_source()]
             label, confidence, mask = pseudo_label(weak, self.ssl.tau)
             loss_u = f_l.new_zeros((), dtype=torch.float32)
             for name, head in heads:
