@@ -20,6 +20,7 @@ from ulfine.methods.ulfine.paf import (
     prototype_logits,
     pseudo_label_distribution,
     update_pseudo_label_memory,
+    without_modality_gap,
 )
 
 
@@ -112,6 +113,20 @@ def test_momentum_fit_and_renormalisation():
     torch.testing.assert_close(out[1], torch.tensor([0.0, 1.0]))  # alpha 0: unchanged
     torch.testing.assert_close(out[2], torch.tensor([0.9, 0.1]) / math.hypot(0.9, 0.1))
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(3))
+
+
+def test_modality_gap_removal_hand_computed():
+    """c_v - mean(c_v) + mean(t), renormalised: two image prototypes in a narrow cone around
+    (0, 0, 1) and two text prototypes around (1, 0, 0) land around (1, 0, 0), apart as they were."""
+    visual = torch.tensor([[0.6, 0.0, 0.8], [0.0, 0.6, 0.8]])
+    text = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0]])
+    out = without_modality_gap(visual, text)
+    shift = torch.tensor([0.9 - 0.3, 0.3 - 0.3, 0.0 - 0.8])  # mean(t) - mean(c_v)
+    torch.testing.assert_close(out, F.normalize(visual + shift, dim=-1))
+    torch.testing.assert_close(out[0], torch.tensor([1.2, 0.0, 0.0]).div(1.2))
+    torch.testing.assert_close(out[1], torch.tensor([0.6, 0.6, 0.0]).div(math.hypot(0.6, 0.6)))
+    # an offset that every visual prototype shares (what all images have in common) is removed
+    assert torch.allclose(without_modality_gap(visual + 5.0, text), out, atol=1e-6)
 
 
 def test_angles_from_anchor():

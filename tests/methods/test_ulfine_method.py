@@ -255,6 +255,22 @@ def test_text_anchored_fitting_does_not_compound():
     assert not torch.allclose(compounding.prototypes.detach(), once)
 
 
+def test_gap_removed_fitting_targets_the_shifted_visual_prototypes():
+    """paf_gap=true: the momentum fit moves C_t toward without_modality_gap(C_v, t), not C_v."""
+    gap, plain = _method("ulfine", "ulfine.paf_gap=true"), _method("ulfine")
+    visual = F.normalize(torch.randn(K, D, generator=torch.Generator().manual_seed(4)) + 3.0, dim=-1)
+    for m in (gap, plain):
+        m.visual_prototypes.copy_(visual)
+        m.memory_label[:2], m.memory_conf[:2] = torch.tensor([0, 1]), torch.tensor([0.9, 0.45])
+    start = gap.prototypes.detach().clone()
+    gap.after_optimizer_step()
+    plain.after_optimizer_step()
+    target = paf.without_modality_gap(visual, gap.text_anchor)
+    torch.testing.assert_close(gap.prototypes.detach(), paf.momentum_fit(start, target, gap.alpha))
+    torch.testing.assert_close(plain.prototypes.detach(), paf.momentum_fit(start, visual, plain.alpha))
+    assert not torch.allclose(gap.prototypes.detach(), plain.prototypes.detach())
+
+
 def test_fixed_prototypes_are_a_buffer_still_fitted():
     m = _method("ulfine", "ulfine.learnable_prototypes=false")
     assert "prototype_head.prototypes" not in dict(m.named_parameters())

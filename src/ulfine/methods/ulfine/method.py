@@ -70,6 +70,11 @@ class ULFineOptions(Section):
         "fused", description="logits the weak-view pseudo-labels (and P_u's memory) come from: the "
         "fused z^f, or the prototype branch z^t alone (predictions stay fused) [R]",
     )
+    paf_gap: bool = Field(
+        False, description="remove the image-text modality gap from the visual prototypes before "
+        "fitting: c_v - mean_j c_v_j + mean_j t_j, so that fitted prototypes stay in the text "
+        "prototypes' region of the joint space [R]",
+    )
     paf_anchor: Literal["prototype", "text"] = Field(
         "prototype", description="PAF moves the current prototype toward C_v (compounding) or "
         "re-fits from the fixed text feature each step: c = (1-alpha) t + alpha c_v [R]",
@@ -239,7 +244,10 @@ class ULFine(Method):
         self.alpha.copy_(alpha)
         c = self.prototypes
         start = self.text_anchor if self.opts.paf_anchor == "text" else c
-        fitted = paf.momentum_fit(start, self.visual_prototypes, alpha).to(c.dtype)
+        target = self.visual_prototypes
+        if self.opts.paf_gap:
+            target = paf.without_modality_gap(target, self.text_anchor)
+        fitted = paf.momentum_fit(start, target, alpha).to(c.dtype)
         c.copy_(torch.where((alpha > 0).any(), fitted, c))  # no fitting (and no sync) before P_u exists
 
     # -- prediction and diagnostics -----------------------------------------------------------

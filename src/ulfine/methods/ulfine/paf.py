@@ -106,6 +106,20 @@ def momentum_fit(
     return F.normalize(moved, dim=-1)
 
 
+def without_modality_gap(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """normalise(c_k^v - mean_j c_j^v + mean_j t_j) [R, option ``paf_gap``].
+
+    Why: CLIP's image features sit in a narrow cone away from its text features (the modality
+    gap, Liang et al. 2022): every visual prototype is much closer to every image than any text
+    prototype is. Fitting some prototypes toward C_v moves them into that cone, so those classes
+    (the ones with the most confident pseudo-labels, the head) win on every image. Shifting C_v
+    by the difference of the two modalities' class-mean directions keeps what distinguishes the
+    classes visually and drops what all images share. Means are over classes (balanced).
+    """
+    shift = text.float().mean(0) - visual.float().mean(0)
+    return F.normalize(visual.float() + shift, dim=-1).to(visual.dtype)
+
+
 def orthogonality_loss(prototypes: torch.Tensor) -> torch.Tensor:
     """L_orth = mean over ordered pairs j != k of (c^_j . c^_k)^2 on normalised prototypes [P: exists; R: form].
 
@@ -142,4 +156,5 @@ __all__ = [
     "prototype_logits",
     "pseudo_label_distribution",
     "update_pseudo_label_memory",
+    "without_modality_gap",
 ]
