@@ -20,6 +20,26 @@ def tiny(tmp_path: Path) -> list[str]:
     return [*TINY, f"cache.dir={tmp_path / 'cache'}", f"model.text_cache_dir={tmp_path / 'text-cache'}"]
 
 
+def test_benchmark_section_shows_the_published_table_and_its_command(tmp_path: Path) -> None:
+    from ulfine.apps.demo import benchmark_section
+
+    assert benchmark_section(tmp_path / "none.json") == ""  # nothing published: nothing shown
+    cell = lambda m, s: {"mean": m, "std": s}
+    entry = {"preset": "microworld_n100_m200_g20_consistent", "method": "ULFine (LFT)", "seeds": [3, 4, 5],
+             "overall": cell(0.612, 0.007), "head": cell(0.75, 0.02), "medium": cell(0.6, 0.0),
+             "tail": cell(0.401, 0.013), "tail_pl_precision": cell(0.9, 0.05), "train_seconds": cell(120.0, 3.0)}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"command": "python benchmarks/accuracy.py --workers 2", "seeds": [3, 4, 5],
+                                "budget": "5 epochs x 50 steps", "machine": "a CPU", "date": "2026-12-06",
+                                "results": [entry]}))
+    text = benchmark_section(path)
+    assert "seeds 3, 4, 5" in text and "`python benchmarks/accuracy.py --workers 2`" in text
+    assert "### microworld_n100_m200_g20_consistent" in text
+    row = next(line for line in text.splitlines() if line.startswith("| ULFine (LFT)"))
+    assert [c.strip() for c in row.strip("|").split("|")] == [
+        "ULFine (LFT)", "3", "61.2 ± 0.7", "75.0 ± 2.0", "60.0 ± 0.0", "40.1 ± 1.3", "90.0 ± 5.0", "120.0 ± 3.0"]
+
+
 def test_clear_previous_runs_only_removes_run_folders(tmp_path: Path) -> None:
     run, other, missing = tmp_path / "run", tmp_path / "notes", tmp_path / "absent"
     run.mkdir()
