@@ -42,8 +42,11 @@ VAL = ("data.val_per_class=20", "data.num_unlabeled_head=180")  # the pool has 3
 #: balanced labels: 100 per class (the preset's head count for every class)
 BALANCED = ("data.imbalance_labeled=1", "eval.every_epochs=1")
 
-#: ULFine's reconstructed choices ([R] in docs/method.md), one at a time from the defaults
-#: (``fusion=mean`` since the first study on the previous world), label -> overrides
+#: where the study started: ULFine's [R] defaults before it (``fusion=mean`` since the first study
+#: on the previous world), pinned so that the rows mean the same after the study changed them
+ULFINE_START = ("ulfine.paf_gap=false", "ulfine.prior=labeled", "ulfine.w_dlf=1")
+#: ULFine's reconstructed choices ([R] in docs/method.md), one at a time from the start above,
+#: label -> overrides
 ULFINE_VARIANTS: dict[str, tuple[str, ...]] = {
     "defaults": (),
     # which branch is trained with which loss
@@ -106,14 +109,26 @@ BASELINE_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 #: the best alternative of each option family that beat the method's defaults, keep the three
 #: families that gained most, and try every pair and the triple (at most 4 rows per method). The
 #: w/o-PAF/DLF/orthogonality rows are ablations of published parts, not candidates.
-#: ULFine's round 1 (dev seeds, overall): prior labeled+pseudo +3.2, w_dlf 0.5 +2.8, tau 0.8 +2.2
-#: (then both-branches LA +1.7, tau_la 2 +1.4)
-_PRIOR, _W, _TAU = "ulfine.prior=labeled+pseudo", "ulfine.w_dlf=0.5", "ssl.tau=0.8"
+#: ULFine's round 1 (dev seeds, overall): PAF toward gap-corrected visual prototypes (paf_gap, the
+#: row added after the first pass) +4.4, prior labeled+pseudo +3.2, w_dlf 0.5 +2.8 (then tau 0.8
+#: +2.2, both-branches LA +1.7, tau_la 2 +1.4)
+_GAP, _PRIOR, _W = "ulfine.paf_gap=true", "ulfine.prior=labeled+pseudo", "ulfine.w_dlf=0.5"
+_LS, _OOD = "loft.lambda_soft=0.5", "loft.tau_ood=0.2"
 COMBOS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ULFine prior l+p, w_dlf 0.5": ("ulfine", (_PRIOR, _W)),
-    "ULFine prior l+p, tau 0.8": ("ulfine", (_PRIOR, _TAU)),
-    "ULFine w_dlf 0.5, tau 0.8": ("ulfine", (_W, _TAU)),
-    "ULFine prior l+p, w_dlf 0.5, tau 0.8": ("ulfine", (_PRIOR, _W, _TAU)),
+    "ULFine PAF gap, prior l+p": ("ulfine", (_GAP, _PRIOR)),
+    "ULFine PAF gap, w_dlf 0.5": ("ulfine", (_GAP, _W)),
+    "ULFine PAF gap, prior l+p, w_dlf 0.5": ("ulfine", (_GAP, _PRIOR, _W)),
+    # baselines' round 1 (dev seeds, overall gain over defaults): FixMatch only its threshold
+    # family gained (tau 0.95 +2.3), so it has no pair; FixMatch-LA tau 0.8 +2.2, tau_la 0.5 +1.0;
+    # FineSSL tau 0.8 +0.5, smoothing 0.8 +0.2 (margin lost); LoFT lambda_soft 0.5 +1.5,
+    # tau 0.7 +0.8, tau_ood 0.2 +0.1
+    "FixMatch-LA tau 0.8, tau_la 0.5": ("fixmatch_la", ("ssl.tau=0.8", "fixmatch_la.tau_la=0.5")),
+    "FineSSL tau 0.8, smoothing 0.8": ("finessl", ("ssl.tau=0.8", "finessl.label_smoothing=0.8")),
+    "LoFT lambda_soft 0.5, tau 0.7": ("loft", (_LS, "ssl.tau=0.7")),
+    "LoFT lambda_soft 0.5, tau_ood 0.2": ("loft", (*LOFT_RECIPE, _LS, _OOD)),
+    "LoFT tau 0.7, tau_ood 0.2": ("loft", ("ssl.tau=0.7", _OOD)),
+    "LoFT lambda_soft 0.5, tau 0.7, tau_ood 0.2": ("loft", (_LS, "ssl.tau=0.7", _OOD)),
 }
 COLUMNS = {
     "lr": ["val_overall", "val_balanced", "overall"],
@@ -145,12 +160,13 @@ def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None) -> G
     elif stage == "ulfine":
         for label, overrides in ULFINE_VARIANTS.items():
             if rows is None or label in rows:
-                grid.add(label, PRESET, "ulfine", seeds, *LFT, *overrides)
+                grid.add(label, PRESET, "ulfine", seeds, *LFT, *ULFINE_START, *overrides)
     elif stage in ("baselines", "combos"):
         variants = BASELINE_VARIANTS if stage == "baselines" else COMBOS
         for label, (method, overrides) in variants.items():
             if rows is None or label in rows:
-                grid.add(label, PRESET, method, seeds, *LFT, *overrides)
+                start = ULFINE_START if method == "ulfine" else ()
+                grid.add(label, PRESET, method, seeds, *LFT, *start, *overrides)
     else:
         raise SystemExit(f"unknown stage {stage!r}")
     return grid

@@ -106,7 +106,7 @@ def test_all_switches_off_reproduces_fixmatch_exactly():
 
 def test_full_loss_is_the_sum_of_branch_terms():
     m = _method("ulfine", "ssl.lambda_u=0.5", "ulfine.lambda_orth=0.3", "ulfine.tau_la=0.7",
-                "ulfine.w_dlf=2.0", "ulfine.fusion=sum")
+                "ulfine.w_dlf=2.0", "ulfine.fusion=sum", "ulfine.prior=labeled")
     _nontrivial_linear_branch(m)
     batch = _batch()
     out = m.training_step(batch)
@@ -170,7 +170,7 @@ def test_training_step_updates_visual_prototypes_and_memory():
 
 
 def test_after_optimizer_step_momentum_fit():
-    m = _method("ulfine", "ulfine.mu_paf=0.5")
+    m = _method("ulfine", "ulfine.mu_paf=0.5", "ulfine.paf_gap=false")
     c0 = m.prototypes.detach().clone()
     m.after_optimizer_step()  # nothing confident yet: alpha = 0, prototypes untouched
     assert torch.equal(m.alpha, torch.zeros(K)) and torch.equal(m.prototypes.detach(), c0)
@@ -196,7 +196,7 @@ def test_logit_adjusted_branch_losses_and_mean_fusion():
     """loss_linear/loss_prototype=la train each branch on z + tau_la log pi; an la-trained linear
     branch enters DLF unadjusted; fusion=mean halves the fused logits."""
     m = _method("ulfine", "ssl.lambda_u=0.5", "ulfine.orth=false", "ulfine.tau_la=0.7",
-                "ulfine.loss_linear=la", "ulfine.loss_prototype=la", "ulfine.fusion=mean")
+                "ulfine.loss_linear=la", "ulfine.loss_prototype=la", "ulfine.fusion=mean", "ulfine.w_dlf=1")
     _nontrivial_linear_branch(m)
     batch = _batch()
     out = m.training_step(batch)
@@ -239,7 +239,8 @@ def test_pseudo_labels_from_the_prototype_branch():
 def test_text_anchored_fitting_does_not_compound():
     """paf_anchor=text: c_k = normalise((1 - alpha_k) t_k + alpha_k c_v) whatever c_k was before,
     so two fittings with the same alpha give the same prototypes (the default compounds)."""
-    anchored, compounding = _method("ulfine", "ulfine.paf_anchor=text"), _method("ulfine")
+    anchored = _method("ulfine", "ulfine.paf_anchor=text", "ulfine.paf_gap=false")
+    compounding = _method("ulfine", "ulfine.paf_gap=false")
     visual = F.normalize(torch.randn(K, D, generator=torch.Generator().manual_seed(4)), dim=-1)
     for m in (anchored, compounding):
         m.visual_prototypes.copy_(visual)
@@ -257,7 +258,7 @@ def test_text_anchored_fitting_does_not_compound():
 
 def test_gap_removed_fitting_targets_the_shifted_visual_prototypes():
     """paf_gap=true: the momentum fit moves C_t toward without_modality_gap(C_v, t), not C_v."""
-    gap, plain = _method("ulfine", "ulfine.paf_gap=true"), _method("ulfine")
+    gap, plain = _method("ulfine", "ulfine.paf_gap=true"), _method("ulfine", "ulfine.paf_gap=false")
     visual = F.normalize(torch.randn(K, D, generator=torch.Generator().manual_seed(4)) + 3.0, dim=-1)
     for m in (gap, plain):
         m.visual_prototypes.copy_(visual)
@@ -283,10 +284,15 @@ def test_fixed_prototypes_are_a_buffer_still_fitted():
 
 
 def test_prior_labeled_plus_pseudo():
-    m = _method("ulfine", "ulfine.prior=labeled+pseudo")
+    m = _method("ulfine", "ulfine.prior=labeled+pseudo", "ulfine.paf=false")
     m.memory_label[:5] = torch.tensor([1, 1, 2, 2, 2])
+    m.memory_conf[:5] = 0.9
+    # the prior reads the memory as of the last optimiser step: unchanged within a step, so that
+    # every accumulation micro-batch sees the same prior
+    torch.testing.assert_close(m.prior(), torch.tensor([0.6, 0.3, 0.1]))
+    m.after_optimizer_step()
     torch.testing.assert_close(m.prior(), torch.tensor([6.0, 5.0, 4.0]) / 15)
-    assert torch.allclose(_method("ulfine").prior(), torch.tensor([0.6, 0.3, 0.1]))
+    assert torch.allclose(_method("ulfine", "ulfine.prior=labeled").prior(), torch.tensor([0.6, 0.3, 0.1]))
 
 
 def test_state_is_checkpointed_and_diagnostics():

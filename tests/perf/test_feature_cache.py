@@ -63,7 +63,8 @@ def test_cache_returns_uncached_features_then_reads_disk(tmp_path: Path, images:
     first = cached_features(tower, image_batches(images, 4), len(images), norm, key=key, cache_dir=tmp_path)
     assert tower.calls == 3  # ceil(10 / 4) batches
     assert first.shape == (10, 5) and first.dtype == torch.float32
-    torch.testing.assert_close(first, reference(tower, norm, images), rtol=1e-6, atol=1e-6)
+    # batch size changes BLAS summation order: allow float32 rounding, not a different encoding
+    torch.testing.assert_close(first, reference(tower, norm, images), rtol=1e-4, atol=1e-4)
 
     second = cached_features(tower, image_batches(images, 4), len(images), norm, key=key, cache_dir=tmp_path)
     assert tower.calls == 3  # hit: the tower never ran again

@@ -47,8 +47,14 @@ class ULFineOptions(Section):
     mu_paf: float = Field(0.1, ge=0.0, le=1.0, description="base momentum of PAF [R]")
     lambda_orth: float = Field(0.1, ge=0.0, description="orthogonality loss weight [R]")
     tau_la: float = Field(1.0, ge=0.0, description="logit adjustment in DLF [R]")
-    w_dlf: float = Field(1.0, ge=0.0, description="weight of the prototype logits in DLF [R]")
-    prior: Literal["labeled", "labeled+pseudo"] = Field("labeled", description="DLF prior [R]")
+    w_dlf: float = Field(
+        0.5, ge=0.0, description="weight of the prototype logits in DLF (0.5 chosen by the micro-world "
+        "study, docs/microworld.md 7.5) [R]",
+    )
+    prior: Literal["labeled", "labeled+pseudo"] = Field(
+        "labeled+pseudo", description="DLF prior: labeled counts, or labeled counts plus the confident "
+        "pseudo-labels in memory (chosen by the study) [R]",
+    )
     pu_stat: Literal["confidence_sum", "count"] = Field(
         "confidence_sum", description="statistic behind P_u [R]"
     )
@@ -71,7 +77,7 @@ class ULFineOptions(Section):
         "fused z^f, or the prototype branch z^t alone (predictions stay fused) [R]",
     )
     paf_gap: bool = Field(
-        False, description="remove the image-text modality gap from the visual prototypes before "
+        True, description="(chosen by the study) remove the image-text modality gap from the visual prototypes before "
         "fitting: c_v - mean_j c_v_j + mean_j t_j, so that fitted prototypes stay in the text "
         "prototypes' region of the joint space [R]",
     )
@@ -111,6 +117,10 @@ class ULFine(Method):
         self.register_buffer("memory_conf", torch.zeros(ctx.num_unlabeled))
         self.register_buffer("labeled_counts", ctx.labeled_counts.detach().float().clone())
         self.register_buffer("alpha", torch.zeros(k))
+        # the memory's confident pseudo-label counts as of the last optimiser step: the prior
+        # "labeled+pseudo" reads these, so every micro-batch of one step sees the same prior
+        # (gradient accumulation and processes stay exact)
+        self.register_buffer("prior_pseudo_counts", torch.zeros(k))
         # labeled per-class feature sums of the current optimiser step (summed over its
         # accumulation micro-batches); the visual-prototype EMA uses them after the step
         self.register_buffer("step_sums", torch.zeros_like(text), persistent=False)
@@ -129,8 +139,9 @@ class ULFine(Method):
         )
 
     def prior(self) -> torch.Tensor:
-        """pi of DLF's logit adjustment: labeled prior, or labeled + confident pseudo-labels [R]."""
-        pseudo = self.pseudo_label_counts() if self.opts.prior == "labeled+pseudo" else None
+        """pi of DLF's logit adjustment: labeled prior, or labeled + the confident pseudo-labels in
+        memory at the last optimiser step [R]."""
+        pseudo = self.prior_pseudo_counts if self.opts.prior == "labeled+pseudo" else None
         return dlf.class_prior(self.labeled_counts, pseudo)
 
     # -- logits ---------------------------------------------------------------------------------
@@ -227,7 +238,8 @@ class ULFine(Method):
     def after_optimizer_step(self) -> None:
         """PAF after each optimiser step: the visual-prototype EMA over the step's labeled batch
         (all its accumulation micro-batches, all processes), then the confidence-aware momentum
-        fitting of C_t toward C_v and re-normalisation."""
+        fitting of C_t toward C_v and re-normalisation; and the pseudo-label counts of the prior."""
+        self.prior_pseudo_counts.copy_(self.pseudo_label_counts().to(self.prior_pseudo_counts))
         if not self.opts.paf:
             return
         reduce = self.ctx.collectives.all_reduce_sum
