@@ -303,10 +303,12 @@ def test_state_is_checkpointed_and_diagnostics():
     assert d0["alpha"] == [0.0] * K and d0["angle_deg"] == [0.0] * K  # nothing moved yet
     m.after_optimizer_step()
     sd = m.state_dict()
-    for key in ("visual_prototypes", "memory_label", "memory_conf", "alpha", "text_anchor"):
+    for key in ("visual_prototypes", "memory_label", "memory_conf", "alpha", "text_anchor", "prior_pseudo_counts"):
         assert key in sd
     twin = _method("ulfine")
     twin.load_state_dict(sd)
+    # the prior read at the last step comes back too (it counts the confident pseudo-labels)
+    assert torch.equal(twin.prior(), m.prior()) and not torch.allclose(m.prior(), torch.tensor([0.6, 0.3, 0.1]))
     d1, d2 = m.diagnostics(), twin.diagnostics()
     assert d1 == d2
     json.dumps(d1)  # serialisable
