@@ -70,7 +70,9 @@ def _histogram_panel(ax: Any, label: str, hist: dict[str, Any]) -> None:
     ax.bar(centres - width / 4, correct, width / 2, color="tab:green", label="correct")
     ax.bar(centres + width / 4, wrong, width / 2, color="tab:red", label="false")
     ax.set_xticks(edges[::2], [f"{e:.2f}" for e in edges[::2]], fontsize=8)
-    ax.set_title(f"{label}\n{wrong.sum()} false of {correct.sum() + wrong.sum()} confident", fontsize=9)
+    seeds = hist.get("seeds", 1)
+    ax.set_title(f"{label} ({seeds} seed{'s' * (seeds != 1)})\n"
+                 f"{wrong.sum()} false of {correct.sum() + wrong.sum()} confident", fontsize=9)
 
 
 def plot_confidence_histograms(panels: Sequence[tuple[str, dict[str, Any]]], path: Path, title: str) -> Path:
@@ -91,8 +93,7 @@ def plot_confidence_histograms(panels: Sequence[tuple[str, dict[str, Any]]], pat
         label, hist = panels[i]
         _histogram_panel(ax, label, hist)
         if i % ncols == 0:
-            seeds = hist.get("seeds", 1)
-            ax.set_ylabel(f"pseudo-labels (sum over {seeds} seed{'s' * (seeds != 1)})", fontsize=8)
+            ax.set_ylabel("pseudo-labels (summed over the panel's seeds)", fontsize=8)
         if i >= len(panels) - ncols:
             ax.set_xlabel("max softmax confidence", fontsize=8)
     axes.flat[0].legend(fontsize=8)
