@@ -77,9 +77,9 @@ class ULFineOptions(Section):
         "fused z^f, or the prototype branch z^t alone (predictions stay fused) [R]",
     )
     paf_gap: bool = Field(
-        True, description="(chosen by the study) remove the image-text modality gap from the visual prototypes before "
+        True, description="remove the image-text modality gap from the visual prototypes before "
         "fitting: c_v - mean_j c_v_j + mean_j t_j, so that fitted prototypes stay in the text "
-        "prototypes' region of the joint space [R]",
+        "prototypes' region of the joint space (chosen by the micro-world study) [R]",
     )
     paf_anchor: Literal["prototype", "text"] = Field(
         "prototype", description="PAF moves the current prototype toward C_v (compounding) or "
@@ -238,8 +238,9 @@ class ULFine(Method):
     def after_optimizer_step(self) -> None:
         """PAF after each optimiser step: the visual-prototype EMA over the step's labeled batch
         (all its accumulation micro-batches, all processes), then the confidence-aware momentum
-        fitting of C_t toward C_v and re-normalisation; and the pseudo-label counts of the prior."""
-        self.prior_pseudo_counts.copy_(self.pseudo_label_counts().to(self.prior_pseudo_counts))
+        fitting of C_t toward C_v and re-normalisation; first, the pseudo-label counts the prior reads."""
+        if self.opts.prior == "labeled+pseudo":
+            self.prior_pseudo_counts.copy_(self.pseudo_label_counts().to(self.prior_pseudo_counts))
         if not self.opts.paf:
             return
         reduce = self.ctx.collectives.all_reduce_sum
