@@ -75,11 +75,11 @@ def _rate(one, device: torch.device, batches: int) -> dict[str, float]:
 
 def _ours(data, device: torch.device, size: int, batch: int, mu: int, workers: int,
           batches: int) -> dict[str, float]:
-    from ulfine.data import ssl_batches
+    from ulfine.data import StreamSpec, ssl_batches
     from ulfine.models import DeviceNormalizer
 
     norm = DeviceNormalizer(size, CLIP_MEAN, CLIP_STD, "bicubic").to(device)
-    stream = ssl_batches(data, batch, mu, seed=0, num_workers=workers)
+    stream = ssl_batches(data, StreamSpec(batch, mu, seed=0, num_workers=workers))
 
     def one() -> int:
         hb = next(stream)

@@ -66,14 +66,14 @@ def make_batch(device: torch.device, batch: int, mu: int, size: int, seed: int =
 def build_steps(arch: str, device: torch.device, batch: dict[str, torch.Tensor]) -> tuple[Stepper, Stepper]:
     """(ours, naive) on the same random weights: ulfine backbone + AdaptFormer + FixMatch method,
     and the hand-written ViT copy of that tower."""
-    from ulfine.config.schema import Config, ModelConfig, PEFTConfig
+    from ulfine.config.schema import Config, ModelConfig
     from ulfine.methods import METHODS, Batch, MethodContext
     from ulfine.models import apply_finetune, build_backbone
 
     torch.manual_seed(0)
     model_cfg = ModelConfig(arch=arch, pretrained="none", text_cache_dir=None)
     backbone = build_backbone(model_cfg, device="cpu")  # text tower stays on the CPU
-    summary = apply_finetune(backbone, "lft", "adaptformer", PEFTConfig())
+    summary = apply_finetune(backbone, "lft", "adaptformer", None)
     cfg = Config(method="fixmatch", finetune="lft", peft="adaptformer", head="prototype", model=model_cfg)
     protos = F.normalize(torch.randn(NUM_CLASSES, backbone.embed_dim), dim=-1)
     ctx = MethodContext(num_classes=NUM_CLASSES, class_names=[f"c{i}" for i in range(NUM_CLASSES)],
@@ -179,14 +179,14 @@ def fused_attention_by_mode(device: torch.device, arch: str = "ulfine-micro-vit"
     ulfine injects its modules around open_clip's blocks (hooks, wrappers, parametrisations),
     so every mode must still run one fused SDPA kernel per block and no explicit softmax.
     """
-    from ulfine.config.schema import ModelConfig, PEFTConfig
+    from ulfine.config.schema import ModelConfig
     from ulfine.models import apply_finetune, build_backbone
 
     out: dict[str, Any] = {}
     for finetune, peft in FINETUNE_MODES:
         torch.manual_seed(0)
         backbone = build_backbone(ModelConfig(arch=arch, pretrained="none", text_cache_dir=None))
-        apply_finetune(backbone, finetune, peft or "adaptformer", PEFTConfig())
+        apply_finetune(backbone, finetune, peft or "adaptformer", None)
         backbone.to(device).train()
         size = backbone.preprocess.size if isinstance(backbone.preprocess.size, int) else backbone.preprocess.size[0]
         x = torch.randn(2, 3, size, size, device=device)

@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -92,24 +91,21 @@ def measure(row: str, batch: int | None, device: str, steps: int) -> dict[str, A
     import torch
     from _flops import count_step_flops
 
-    from ulfine.engine.assemble import assemble_run
+    from ulfine.engine.run import build_trainer
     from ulfine.engine.runtime import make_runtime
-    from ulfine.engine.trainer import Trainer
 
     budget, cfg = row_config(row, batch, device)
     rt = make_runtime(device, cfg.train.precision)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(assemble_run(cfg, rt), rt, Path(tmp))
-        trainer.prepare_training()
-        trainer.wrap()
-        stream, window = trainer.batches(), defaultdict(list)
+        trainer = build_trainer(cfg.model_copy(update={"output_dir": Path(tmp)}), rt, Path(tmp), report=False)
+        stream = trainer.start_stream().batches
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         first = next(stream)
         # count with nn.MultiheadAttention's fused inference fast path off (LP's frozen tower in
         # eval mode takes it, and the counter has no formula for it); the same arithmetic
         torch.backends.mha.set_fastpath_enabled(False)
-        flops = count_step_flops(lambda: trainer.step(first, window))["flops"]  # also the warm-up
+        flops = count_step_flops(lambda: trainer.step(first))["flops"]  # also the warm-up
         torch.backends.mha.set_fastpath_enabled(True)
         seconds: list[float] = []
         started = time.perf_counter()
@@ -118,7 +114,7 @@ def measure(row: str, batch: int | None, device: str, steps: int) -> dict[str, A
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            trainer.step(host, window)
+            trainer.step(host)
             if device == "cuda":
                 torch.cuda.synchronize()
             seconds.append(time.perf_counter() - t0)
@@ -126,7 +122,7 @@ def measure(row: str, batch: int | None, device: str, steps: int) -> dict[str, A
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"row": row, "preset": ROWS[row][0], "overrides": ROWS[row][1], "method": cfg.method,
             "finetune": cfg.finetune, "arch": cfg.model.arch, "input_px": trainer.parts.normalizer.size,
-            "trainable_params": trainer.n_trainable, "measured_batch": cfg.train.batch_size,
+            "trainable_params": trainer.opt.n_trainable, "measured_batch": cfg.train.batch_size,
             "measured_passes_per_step": passes_per_step(cfg), "step_flops_measured": flops,
             "seconds_per_step": min(seconds), "timed_steps": len(seconds), "peak_memory_bytes": int(peak),
             "iterations": budget.train.epochs * budget.train.steps_per_epoch,

@@ -20,7 +20,6 @@ import os
 import statistics
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,7 +28,7 @@ ROWS = {  # name -> (preset, overrides)
     "micro": ("microworld_n100_m200_g20_consistent", ["method=fixmatch", "finetune=lft"]),
     "vitb16-32px": ("synthetic_smoke", ["method=fixmatch", "finetune=lft", "model.arch=ViT-B-16",
                                         "model.pretrained=none", "train.batch_size=8", "ssl.mu=1",
-                                        "peft_options.adaptformer_bottleneck=64"]),
+                                        "adaptformer.bottleneck=64"]),
 }
 
 
@@ -52,20 +51,17 @@ def engine_rate(cfg) -> float:
 
 def bare_rate(cfg, steps: int) -> float:
     """Images/s of ``Trainer.step`` alone on one in-memory batch of the same run."""
-    from ulfine.engine.reporting import Reporter
+    from ulfine.engine.run import build_trainer
     from ulfine.engine.rundir import prepare_run_dir
     from ulfine.engine.runtime import make_runtime
-    from ulfine.engine.trainer import setup_trainer
 
     rt = make_runtime(cfg.train.device, cfg.train.precision)
     cfg, run = prepare_run_dir(cfg, rt)
-    trainer = setup_trainer(cfg, rt, run.path)
-    trainer.reporter = Reporter(run.path, False, False, 0, 0)
-    host = next(trainer.batches())
-    window = defaultdict(list)
-    trainer.step(host, window)  # warm-up
+    trainer = build_trainer(cfg, rt, run.path, report=False)
+    host = next(trainer.start_stream().batches)
+    trainer.step(host)  # warm-up
     t0 = time.perf_counter()
-    images = sum(trainer.step(host, window) for _ in range(steps))
+    images = sum(trainer.step(host) for _ in range(steps))
     return images / (time.perf_counter() - t0)
 
 

@@ -53,10 +53,13 @@ class NaiveAttention(nn.Module):
 
 
 class NaiveAdapter(nn.Module):
-    """AdaptFormer bottleneck: up(relu(down(x))) * scale, up zero-initialised."""
+    """AdaptFormer bottleneck in its published form: up(dropout(relu(down(LN(x))))) * scale on the
+    block's residual input, its own LayerNorm, up zero-initialised."""
 
-    def __init__(self, width: int, bottleneck: int, scale: float) -> None:
+    def __init__(self, width: int, bottleneck: int, scale: float, dropout: float = 0.1) -> None:
         super().__init__()
+        self.ln = nn.LayerNorm(width)
+        self.dropout = nn.Dropout(dropout)
         self.down = nn.Linear(width, bottleneck)
         self.up = nn.Linear(bottleneck, width)
         self.scale = scale
@@ -66,11 +69,11 @@ class NaiveAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(F.relu(self.down(x))) * self.scale
+        return self.up(self.dropout(F.relu(self.down(self.ln(x))))) * self.scale
 
 
 class NaiveBlock(nn.Module):
-    """Pre-norm residual block; the adapter runs parallel to the MLP on the same LN-ed input."""
+    """Pre-norm residual block; the adapter runs parallel to the MLP on the residual input."""
 
     def __init__(self, width: int, heads: int, mlp_width: int, act: nn.Module, eps: float,
                  adapter: NaiveAdapter | None) -> None:
@@ -88,7 +91,7 @@ class NaiveBlock(nn.Module):
         h = self.ln_2(x)
         out = self.fc2(self.act(self.fc1(h)))
         if self.adapter is not None:
-            out = out + self.adapter(h)
+            out = out + self.adapter(x)
         return x + out
 
 
@@ -156,6 +159,7 @@ class NaiveViT(nn.Module):
                 nb.fc1.load_state_dict(mlp.c_fc.state_dict())
                 nb.fc2.load_state_dict(mlp.c_proj.state_dict())
                 if adapter is not None and nb.adapter is not None:
+                    nb.adapter.ln.load_state_dict(adapter.ln.state_dict())
                     nb.adapter.down.load_state_dict(adapter.down.state_dict())
                     nb.adapter.up.load_state_dict(adapter.up.state_dict())
         return model.to(visual.conv1.weight.device)

@@ -49,7 +49,7 @@ def run_row(method: str, finetune: str, extra: tuple[str, ...], args: argparse.N
         f"train.steps_per_epoch={args.steps}", f"train.batch_size={args.batch_size}",
         f"ssl.mu={args.mu}", "train.log_every=10", f"train.compile={str(args.compile).lower()}",
         "eval.pseudo_label_max=64", "eval.batch_size=128", f"data.num_workers={args.workers}",
-        "peft_options.adaptformer_bottleneck=64",  # the default (the smoke preset shrinks it)
+        "adaptformer.bottleneck=64",  # the default (the smoke preset shrinks it)
         f"output_dir={out_root / name}",
     ]
     cfg = load_config("synthetic_smoke", overrides)

@@ -135,7 +135,7 @@ def smoke_presets() -> dict[str, tuple[str, dict[str, Any]]]:
             "num_workers": 0,
         },
         "model": {"arch": "ulfine-micro-vit", "pretrained": "none", "text_cache_dir": None},
-        "peft_options": {"adaptformer_bottleneck": 8},
+        "adaptformer": {"bottleneck": 8},
         "train": {
             "epochs": 1,
             "steps_per_epoch": 4,

@@ -8,6 +8,7 @@ import yaml
 from ulfine.config import (
     Config,
     load_config,
+    load_recipes,
     load_saved_config,
     parse_overrides,
     save_config,
@@ -36,9 +37,9 @@ def test_defaults_are_the_documented_recipe():
     assert cfg.method == "fixmatch" and cfg.finetune == "lft" and cfg.peft == "adaptformer"
     assert cfg.ssl.tau == 0.7 and cfg.ssl.mu == 1 and cfg.ssl.lambda_u == 1.0
     assert cfg.optim.lr == 0.03 and cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 5e-4
-    assert cfg.peft_options.adaptformer_bottleneck == 64
-    assert cfg.peft_options.adaptformer_scale == 0.1
-    assert cfg.peft_options.vpt_length == 10 and cfg.peft_options.lora_rank == 8
+    assert cfg.adaptformer.bottleneck == 64
+    assert cfg.adaptformer.scale == 0.1
+    assert cfg.vpt.length == 10 and cfg.lora.rank == 8
     assert cfg.ulfine.beta == 0.9 and cfg.ulfine.mu_paf == 0.1 and cfg.ulfine.lambda_orth == 0.1
     assert cfg.eval.ece_bins == 15 and cfg.data.labeled_in_unlabeled is False
     assert cfg.data.selection == "shuffle" and cfg.data.pin_last is True
@@ -142,3 +143,37 @@ def test_fixmatch_cosine_schedule_and_nesterov_by_hand():
     cfg = load_config(None, ["optim.nesterov=true"])
     opt = build_optimizer(torch.nn.Linear(2, 2), cfg.optim)
     assert all(g["nesterov"] for g in opt.param_groups)
+
+
+def test_recipes_are_data_read_as_overrides(tmp_path, monkeypatch):
+    """Recipes live in configs/recipes/*.yaml: the shipped ones validate as overrides, and a
+    recipe file's values come back as ``key=value`` strings in file order (YAML booleans and nulls
+    written as the loader reads them)."""
+    from ulfine.config import recipe_overrides
+
+    assert recipe_overrides("microworld", "tuned", "fixmatch") == ("ssl.tau=0.95",)
+    assert recipe_overrides("microworld", "tuned", "ulfine") == ()  # ULFine's are the code's defaults
+    for name, groups in (("published", [[]]), ("microworld", [["strategy"], ["tuned"]])):
+        for group in groups:
+            for key in load_recipes(name) if not group else load_recipes(name)[group[0]]:
+                load_config(None, list(recipe_overrides(name, *group, key)))  # every value validates
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "mine.yaml").write_text("m:\n  train.ema: null\n  data.augment: false\n")
+    monkeypatch.setenv("ULFINE_CONFIG_DIR", str(tmp_path))
+    assert recipe_overrides("mine", "m") == ("train.ema=null", "data.augment=false")
+    with pytest.raises(ConfigError, match="does not exist"):
+        recipe_overrides("absent", "m")
+
+
+def test_legacy_peft_options_load_as_the_modules_own_sections():
+    """A config.yaml written before each PEFT module had its own section still loads, with the
+    AdaptFormer form it trained (the ln_2 input, no dropout); unknown old keys are named."""
+    from ulfine.config.schema import Config
+
+    cfg = Config.model_validate({"peft": "vpt", "peft_options": {"vpt_length": 5, "last_k_blocks": 2,
+                                                                  "adaptformer_bottleneck": 8}})
+    assert cfg.vpt.length == 5 and cfg.vpt.last_k_blocks == 2 and cfg.adaptformer.bottleneck == 8
+    assert cfg.adaptformer.layernorm == "block" and cfg.adaptformer.dropout == 0.0
+    assert Config().adaptformer.layernorm == "own" and Config().adaptformer.dropout == 0.1
+    with pytest.raises(ConfigError, match="peft_options.nope"):
+        Config.model_validate({"peft_options": {"nope": 1}})

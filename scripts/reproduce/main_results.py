@@ -30,10 +30,11 @@ METHODS = ["zeroshot", "supervised", "fixmatch", "fixmatch_la", "finessl", "loft
 
 
 def build_grid(presets: list[str], methods: list[str], seeds: list[int]) -> Grid:
-    """Rows = methods, columns = presets. LoFT runs with its published threshold (its recipe)."""
-    from ulfine.methods.loft import RECIPE_OVERRIDES  # late: keeps --help and --dry-run light
+    """Rows = methods, columns = presets. Each method runs with its published recipe
+    (``configs/recipes/published.yaml``: LoFT's and FineSSL's scripts)."""
+    from ulfine.config import recipe_overrides  # late: keeps --help and --dry-run light
 
-    recipes = {"loft": RECIPE_OVERRIDES}
+    recipes = {m: recipe_overrides("published", m) for m in methods}
     grid = Grid(TABLE)
     for preset in presets:
         for method in methods:

@@ -22,9 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Grid, base_parser, finish, per_preset_tables
 
-from ulfine.methods.loft import RECIPE_OVERRIDES as LOFT_RECIPE
-from ulfine.microworld.task import STRATEGY_LR, strategy_overrides
+from ulfine.microworld.task import STRATEGIES, strategy_overrides
 
+#: the study ran before the faithful baselines (issue 21); its grids keep what it ran then:
+#: FixMatch-LA adjusting both terms, the earlier FineSSL reading (now ``fixmatch_la_smooth``, [R])
+#: and LoFT at its script's threshold only
+LOFT_RECIPE = ("ssl.tau=0.6",)
+_LA = "fixmatch_la.adjust=both"
 PRESET = "microworld_n100_m200_g20_consistent"
 DEV_SEEDS = (0, 1, 2)
 LFT = (*strategy_overrides("lft"), "eval.every_epochs=5")  # the chosen LFT recipe; final model only
@@ -35,7 +39,7 @@ LRS = (0.003, 0.01, 0.03, 0.1)
 LR_EXTRA: dict[str, tuple[str, ...]] = {
     "FFT supervised lr=0.001": ("finetune=fft", "optim.lr=0.001"),
     "FFT supervised lr=0.0003": ("finetune=fft", "optim.lr=0.0003"),
-    **{f"LFT supervised scale=1 lr={lr}": ("finetune=lft", f"optim.lr={lr}", "peft_options.adaptformer_scale=1.0")
+    **{f"LFT supervised scale=1 lr={lr}": ("finetune=lft", f"optim.lr={lr}", "adaptformer.scale=1.0")
        for lr in (0.003, 0.01, 0.03)},
 }
 VAL = ("data.val_per_class=20", "data.num_unlabeled_head=180")  # the pool has 300 per class
@@ -85,18 +89,18 @@ BASELINE_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "FixMatch tau 0.6": ("fixmatch", ("ssl.tau=0.6",)),
     "FixMatch tau 0.8": ("fixmatch", ("ssl.tau=0.8",)),
     "FixMatch tau 0.95": ("fixmatch", ("ssl.tau=0.95",)),
-    "FixMatch-LA defaults": ("fixmatch_la", ()),
-    "FixMatch-LA tau 0.6": ("fixmatch_la", ("ssl.tau=0.6",)),
-    "FixMatch-LA tau 0.8": ("fixmatch_la", ("ssl.tau=0.8",)),
-    "FixMatch-LA tau_la 0.5": ("fixmatch_la", ("fixmatch_la.tau_la=0.5",)),
-    "FixMatch-LA tau_la 2": ("fixmatch_la", ("fixmatch_la.tau_la=2",)),
-    "FineSSL defaults": ("finessl", ()),
-    "FineSSL tau 0.6": ("finessl", ("ssl.tau=0.6",)),
-    "FineSSL tau 0.8": ("finessl", ("ssl.tau=0.8",)),
-    "FineSSL margin 0.5": ("finessl", ("finessl.margin_scale=0.5",)),
-    "FineSSL margin 2": ("finessl", ("finessl.margin_scale=2",)),
-    "FineSSL smoothing 0.2": ("finessl", ("finessl.label_smoothing=0.2",)),
-    "FineSSL smoothing 0.8": ("finessl", ("finessl.label_smoothing=0.8",)),
+    "FixMatch-LA defaults": ("fixmatch_la", (_LA,)),
+    "FixMatch-LA tau 0.6": ("fixmatch_la", (_LA, "ssl.tau=0.6")),
+    "FixMatch-LA tau 0.8": ("fixmatch_la", (_LA, "ssl.tau=0.8")),
+    "FixMatch-LA tau_la 0.5": ("fixmatch_la", (_LA, "fixmatch_la.tau_la=0.5")),
+    "FixMatch-LA tau_la 2": ("fixmatch_la", (_LA, "fixmatch_la.tau_la=2")),
+    "FineSSL defaults": ("fixmatch_la_smooth", ()),
+    "FineSSL tau 0.6": ("fixmatch_la_smooth", ("ssl.tau=0.6",)),
+    "FineSSL tau 0.8": ("fixmatch_la_smooth", ("ssl.tau=0.8",)),
+    "FineSSL margin 0.5": ("fixmatch_la_smooth", ("fixmatch_la_smooth.margin_scale=0.5",)),
+    "FineSSL margin 2": ("fixmatch_la_smooth", ("fixmatch_la_smooth.margin_scale=2",)),
+    "FineSSL smoothing 0.2": ("fixmatch_la_smooth", ("fixmatch_la_smooth.label_smoothing=0.2",)),
+    "FineSSL smoothing 0.8": ("fixmatch_la_smooth", ("fixmatch_la_smooth.label_smoothing=0.8",)),
     "LoFT defaults (tau 0.6)": ("loft", LOFT_RECIPE),
     "LoFT tau 0.5": ("loft", ("ssl.tau=0.5",)),
     "LoFT tau 0.7": ("loft", ("ssl.tau=0.7",)),
@@ -123,8 +127,8 @@ COMBOS: dict[str, tuple[str, tuple[str, ...]]] = {
     # family gained (tau 0.95 +2.3), so it has no pair; FixMatch-LA tau 0.8 +2.2, tau_la 0.5 +1.0;
     # FineSSL tau 0.8 +0.5, smoothing 0.8 +0.2 (margin lost); LoFT lambda_soft 0.5 +1.5,
     # tau 0.7 +0.8, tau_ood 0.2 +0.1
-    "FixMatch-LA tau 0.8, tau_la 0.5": ("fixmatch_la", ("ssl.tau=0.8", "fixmatch_la.tau_la=0.5")),
-    "FineSSL tau 0.8, smoothing 0.8": ("finessl", ("ssl.tau=0.8", "finessl.label_smoothing=0.8")),
+    "FixMatch-LA tau 0.8, tau_la 0.5": ("fixmatch_la", (_LA, "ssl.tau=0.8", "fixmatch_la.tau_la=0.5")),
+    "FineSSL tau 0.8, smoothing 0.8": ("fixmatch_la_smooth", ("ssl.tau=0.8", "fixmatch_la_smooth.label_smoothing=0.8")),
     "LoFT lambda_soft 0.5, tau 0.7": ("loft", (_LS, "ssl.tau=0.7")),
     "LoFT lambda_soft 0.5, tau_ood 0.2": ("loft", (*LOFT_RECIPE, _LS, _OOD)),
     "LoFT tau 0.7, tau_ood 0.2": ("loft", ("ssl.tau=0.7", _OOD)),
@@ -143,7 +147,7 @@ def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None) -> G
     """The runs of one stage (only the rows labelled in ``rows``, when given)."""
     grid = Grid(f"microworld_{stage}")
     if stage == "lr":
-        for ft in STRATEGY_LR:
+        for ft in STRATEGIES:
             for lr in LRS:
                 grid.add(f"{ft.upper()} supervised lr={lr}", PRESET, "supervised", [0],
                          f"finetune={ft}", f"optim.lr={lr}", *VAL)
@@ -151,10 +155,10 @@ def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None) -> G
             grid.add(label, PRESET, "supervised", [0], *overrides, *VAL)
     elif stage == "regime":
         grid.add("zero-shot", PRESET, "zeroshot", [0], "finetune=lp")
-        for ft in STRATEGY_LR:
+        for ft in STRATEGIES:
             grid.add(f"{ft.upper()} supervised, balanced labels", PRESET, "supervised", seeds,
                      *strategy_overrides(ft), *BALANCED)
-        for ft in STRATEGY_LR:
+        for ft in STRATEGIES:
             grid.add(f"{ft.upper()} supervised, long-tailed labels", PRESET, "supervised", seeds,
                      *strategy_overrides(ft), "eval.every_epochs=1")
     elif stage == "ulfine":

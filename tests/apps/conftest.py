@@ -20,7 +20,7 @@ from tiny import tiny_config
 from ulfine.engine import train
 
 ULFINE = ["method=ulfine", "finetune=lft", "model.pretrained=micro", "ssl.tau=0.3", "train.epochs=2",
-          "peft_options.adaptformer_bottleneck=8"]
+          "adaptformer.bottleneck=8"]
 FEATURES = ["method=supervised", "finetune=lp", "data.augment=false", "head=linear"]
 ZEROSHOT = ["method=zeroshot", "finetune=lp", "model.pretrained=micro"]
 

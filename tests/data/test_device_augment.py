@@ -11,7 +11,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ulfine.config import DataConfig
-from ulfine.data import build_ssl_data, ssl_batches
+from ulfine.data import StreamSpec, build_ssl_data, ssl_batches
 from ulfine.data.device_augment import OPS, DeviceAugmenter, ViewParams, draw_params, randaugment, weak_views
 
 
@@ -24,8 +24,8 @@ def data():
 
 @pytest.mark.parametrize("world,rank,strong", [(1, 0, 1), (2, 1, 1), (1, 0, 2)])
 def test_device_views_equal_the_host_views(data, world, rank, strong):
-    host = ssl_batches(data, 8, 2, seed=3, start_step=5, rank=rank, world_size=world, strong_views=strong)
-    raw = ssl_batches(data, 8, 2, seed=3, start_step=5, rank=rank, world_size=world, raw=True)
+    host = ssl_batches(data, StreamSpec(8, 2, seed=3, strong_views=strong), 5, rank, world)
+    raw = ssl_batches(data, StreamSpec(8, 2, seed=3), 5, rank, world, raw=True)
     augment = DeviceAugmenter(3, 8, 2, rank, world, strong_views=strong)
     for _ in range(3):
         h, r = next(host), next(raw)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ulfine.config import DataConfig
-from ulfine.data import build_ssl_data, eval_batches, ssl_batches, strong_view, weak_view
+from ulfine.data import StreamSpec, build_ssl_data, eval_batches, ssl_batches, strong_view, weak_view
 from ulfine.data.views import crop_padding
 from ulfine.models import DeviceNormalizer
 
@@ -85,12 +85,12 @@ def test_float_resize_path_matches_pil_and_the_uint8_path(size):
 
 
 def test_batch_contents(data):
-    b = next(ssl_batches(data, batch_size=8, mu=2, seed=0))
+    b = next(ssl_batches(data, StreamSpec(8, 2, seed=0)))
     assert b.x_l.shape == (8, 3, 32, 32) and b.x_l.dtype == torch.uint8
     assert b.u_w.shape == b.u_s.shape == (16, 3, 32, 32) and b.idx_u.shape == (16,)
     assert not hasattr(b, "y_u") and b.step == 0
     assert not torch.equal(b.u_w, b.u_s)
-    plain = next(ssl_batches(data, 8, 1, seed=0, augment=False, unlabeled=False))
+    plain = next(ssl_batches(data, StreamSpec(8, 1, seed=0, augment=False, unlabeled=False)))
     assert plain.u_w is None and plain.idx_u is None
     for x, y in zip(plain.x_l, plain.y_l):  # test view: exactly a stored labeled image
         hits = [i for i in range(len(data.labeled)) if np.array_equal(data.labeled.load(i), x.permute(1, 2, 0).numpy())]
@@ -100,37 +100,37 @@ def test_batch_contents(data):
 def test_second_strong_view_for_acr(data):
     """strong_views=2 adds u_s2, another strong view of the same images, drawn after the first: the
     weak and first strong views are exactly those of the one-view stream."""
-    one = next(ssl_batches(data, 8, 2, seed=4))
-    two = next(ssl_batches(data, 8, 2, seed=4, strong_views=2))
+    one = next(ssl_batches(data, StreamSpec(8, 2, seed=4)))
+    two = next(ssl_batches(data, StreamSpec(8, 2, seed=4, strong_views=2)))
     assert one.u_s2 is None and two.u_s2.shape == two.u_s.shape == (16, 3, 32, 32)
     for f in ("x_l", "u_w", "u_s", "idx_u"):
         assert torch.equal(getattr(one, f), getattr(two, f)), f
     assert not torch.equal(two.u_s, two.u_s2)
-    assert torch.equal(next(ssl_batches(data, 8, 2, seed=4, strong_views=2, num_workers=2)).u_s2, two.u_s2)
+    assert torch.equal(next(ssl_batches(data, StreamSpec(8, 2, seed=4, strong_views=2, num_workers=2))).u_s2, two.u_s2)
     micro = two.split(2)
     assert [m.u_s2.shape[0] for m in micro] == [8, 8] and torch.equal(micro[1].u_s2, two.u_s2[8:])
 
 
 def test_epoch_covers_labeled_set_once(data):
     n = len(data.labeled)  # 71 labeled images; batch 71 -> one epoch per step
-    b = next(ssl_batches(data, batch_size=n, mu=1, seed=3, augment=False, unlabeled=False))
+    b = next(ssl_batches(data, StreamSpec(n, 1, seed=3, augment=False, unlabeled=False)))
     assert sorted(b.y_l.tolist()) == sorted(data.labeled.labels.tolist())
 
 
 def test_workers_resume_and_ranks_agree(data):
-    ref = take(ssl_batches(data, 8, 2, seed=5, num_workers=0), 4)
-    for a, b in zip(ref, take(ssl_batches(data, 8, 2, seed=5, num_workers=2), 4)):
+    ref = take(ssl_batches(data, StreamSpec(8, 2, seed=5, num_workers=0)), 4)
+    for a, b in zip(ref, take(ssl_batches(data, StreamSpec(8, 2, seed=5, num_workers=2)), 4)):
         same(a, b)
-    resumed = next(ssl_batches(data, 8, 2, seed=5, start_step=3))
+    resumed = next(ssl_batches(data, StreamSpec(8, 2, seed=5), start_step=3))
     same(resumed, ref[3])
     assert resumed.step == 3
-    r0 = take(ssl_batches(data, 8, 2, seed=5, rank=0, world_size=2), 2)
-    r1 = take(ssl_batches(data, 8, 2, seed=5, rank=1, world_size=2), 2)
+    r0 = take(ssl_batches(data, StreamSpec(8, 2, seed=5), rank=0, world_size=2), 2)
+    r1 = take(ssl_batches(data, StreamSpec(8, 2, seed=5), rank=1, world_size=2), 2)
     for g, a, b in zip(ref, r0, r1):
         assert a.x_l.shape[0] == 4 and a.u_w.shape[0] == 8
         for f in ("x_l", "y_l", "u_w", "u_s", "idx_u"):
             assert torch.equal(torch.cat([getattr(a, f), getattr(b, f)]), getattr(g, f)), f
-    other = next(ssl_batches(data, 8, 2, seed=6))
+    other = next(ssl_batches(data, StreamSpec(8, 2, seed=6)))
     assert not torch.equal(other.x_l, ref[0].x_l)
 
 

@@ -38,7 +38,8 @@ def _run(cmd: list[str]) -> None:
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_match_one(tmp_path):
-    args = [a for run in RUNS for a in ["--", *run]][1:]
+    # AdaptFormer's dropout masks depend on each process's batch: off for the exact comparison
+    args = [a for run in RUNS for a in ["--", *run, "adaptformer.dropout=0"]][1:]
     _run([sys.executable, str(WORKER), str(tmp_path / "one"), *args])
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
@@ -48,7 +49,8 @@ def test_two_processes_match_one(tmp_path):
         fa, fb = (json.loads((r / "final_metrics.json").read_text()) for r in (one, two))
         assert fa["steps"] == fb["steps"] == 2
         assert fa["images_seen"] == fb["images_seen"] == {"labeled": 8, "unlabeled": 8}
-        assert moved(one, initial_weights(tiny_config(tmp_path / "init", *run))) > 100 * 1e-6, run
+        init = initial_weights(tiny_config(tmp_path / "init", *run, "adaptformer.dropout=0"))
+        assert moved(one, init) > 100 * 1e-6, run
         assert_unlabeled_loss_active(one)
         assert_unlabeled_loss_active(two)
         wa, wb = load_file(one / "weights.safetensors"), load_file(two / "weights.safetensors")

@@ -83,7 +83,7 @@ def test_weights_that_overflow_are_never_checkpointed(tmp_path, monkeypatch):
 
 
 def test_out_of_memory_names_the_settings_to_change(tmp_path, capsys, monkeypatch):
-    def oom(self, host, window):
+    def oom(self, host):
         raise torch.OutOfMemoryError(OOM)
 
     monkeypatch.setattr(ulfine.engine.trainer.Trainer, "step", oom)

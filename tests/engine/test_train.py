@@ -250,6 +250,9 @@ ACCUMULATION_EXTRA = {
 @pytest.mark.parametrize("method", list(ACCUMULATION_EXTRA))
 def test_grad_accumulation_matches_one_big_batch(tmp_path, method):
     extra = ACCUMULATION_EXTRA[method]
+    # AdaptFormer's dropout draws a mask per micro-batch shape: equal in distribution only, so the
+    # exact comparison turns it off (resume stays exact with it on: tests/engine/test_resume.py)
+    extra = [*extra, "adaptformer.dropout=0"]
     cfg = tiny_config(tmp_path / "a", f"method={method}", "finetune=lft", *extra)
     init = initial_weights(cfg)
     a = train(cfg)

@@ -125,10 +125,12 @@ def test_distribution_estimate_and_tau_over_one_epoch():
     anchors = [PI, [1 / 3] * 3, PI[::-1]]
     for step in range(2):
         m.training_step(batch(step))
-        m.after_optimizer_step()
+        m.after_optimizer_step(step)
         u = [0.5 * a + 0.5 * b for a, b in zip(u, [1.0, 0.0, 0.0])]
         kls.append([0.5 * sum(x * math.log(x / y) + y * math.log(y / x) for x, y in zip(u, a)) for a in anchors])
         torch.testing.assert_close(m.u_estimate, torch.tensor(u))
+    assert m.tau.item() == 2.0  # tau moves only when the epoch ends
+    m.on_epoch_end(1)
     mean = [(a + b) / 2 for a, b in zip(*kls)]
     expect_tau = 2.0 * math.exp(mean[0]) / sum(math.exp(v) for v in mean)
     assert m.tau.item() == pytest.approx(expect_tau, rel=1e-5)
@@ -139,7 +141,7 @@ def test_distribution_estimate_and_tau_over_one_epoch():
 def test_no_estimate_before_its_epoch_and_labeled_copies_excluded():
     m = make("acr.estimate_from_epoch=1", steps_per_epoch=1)
     m.training_step(batch(0))
-    m.after_optimizer_step()
+    m.after_optimizer_step(0)
     torch.testing.assert_close(m.u_estimate, torch.full((K,), 1 / 3))  # epoch 0: nothing estimated
     # sample 0 (unlabeled index 4) is a labeled image: its confident prediction is not counted, so
     # the step moves nothing and the epoch keeps tau = tau_max
@@ -147,7 +149,8 @@ def test_no_estimate_before_its_epoch_and_labeled_copies_excluded():
     copies[4] = True
     m = make("acr.estimate_from_epoch=0", steps_per_epoch=1, from_labeled=copies)
     m.training_step(batch(0))
-    m.after_optimizer_step()
+    m.after_optimizer_step(0)
+    m.on_epoch_end(1)
     torch.testing.assert_close(m.u_estimate, torch.full((K,), 1 / 3))
     assert m.tau.item() == 2.0
 

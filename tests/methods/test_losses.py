@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ulfine.config import load_config
-from ulfine.engine.trainer import _step_logs
+from ulfine.engine.meter import step_logs
 from ulfine.errors import ConfigError
 from ulfine.methods import METHODS, Batch, MethodContext
 from ulfine.methods.loft import confidence_regimes
@@ -61,24 +61,27 @@ def test_fixmatch_loss_by_hand():
     assert out.loss.item() == pytest.approx(l_s + 2.0 * l_u, rel=1e-6)
     assert out.pseudo.mask.tolist() == [True, False]
     assert out.pseudo.idx.tolist() == [4, 7]
-    assert float(_step_logs(out.loss, out)["mask_rate"]) == 0.5  # what the engine logs
+    assert float(step_logs(out.loss, out)["mask_rate"]) == 0.5  # what the engine logs
 
 
-def test_fixmatch_la_loss_by_hand():
-    m = make("fixmatch_la", "fixmatch_la.tau_la=1.0", "ssl.tau=0.7")
+@pytest.mark.parametrize("adjust", ["labeled", "both"])
+def test_fixmatch_la_loss_by_hand(adjust):
+    m = make("fixmatch_la", "fixmatch_la.tau_la=1.0", "ssl.tau=0.7", f"fixmatch_la.adjust={adjust}")
     out = m.training_step(batch())
     lp = [math.log(c / sum(COUNTS)) for c in COUNTS]
     adj = lambda z: [v + p for v, p in zip(z, lp)]
     l_s = (ce(adj([2, 0, 0]), 0) + ce(adj([0, 1, 0]), 2)) / 2
-    # pseudo-labels come from the raw (balanced) logits: [3,0,0] -> class 0, confident
-    l_u = ce(adj([1, 2, 0]), 0) / 2
+    # pseudo-labels come from the raw (balanced) logits: [3,0,0] -> class 0, confident; DASO's
+    # form (the default) leaves the strong-view loss unadjusted
+    l_u = ce(adj([1, 2, 0]) if adjust == "both" else [1, 2, 0], 0) / 2
     assert out.loss.item() == pytest.approx(l_s + l_u, rel=1e-6)
     # prediction = raw z (the adjusted training logits minus tau*log pi)
     assert torch.equal(m.predict(U_S), U_S)
 
 
-def test_finessl_loss_by_hand():
-    m = make("finessl", "finessl.margin_scale=0.5", "finessl.label_smoothing=0.3", "ssl.tau=0.7")
+def test_fixmatch_la_smooth_loss_by_hand():
+    m = make("fixmatch_la_smooth", "fixmatch_la_smooth.margin_scale=0.5", "fixmatch_la_smooth.label_smoothing=0.3",
+             "ssl.tau=0.7")
     out = m.training_step(batch())
     lp = [0.5 * math.log(c / sum(COUNTS)) for c in COUNTS]
     adj = lambda z: [v + p for v, p in zip(z, lp)]

@@ -34,7 +34,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                         b.u_w[3 * rank:3 * rank + 3], b.u_s[3 * rank:3 * rank + 3],
                         b.idx_u[3 * rank:3 * rank + 3])
         m.training_step(part)
-        m.after_optimizer_step()
+        m.after_optimizer_step(0)
         torch.save({k: v for k, v in m.state_dict().items() if not k.startswith("backbone")},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -54,7 +54,7 @@ def test_two_processes_keep_identical_paf_state(tmp_path, monkeypatch):
 
     single = _method("ulfine", "ulfine.beta=0.5", "ulfine.mu_paf=0.5")
     single.training_step(_batch())
-    single.after_optimizer_step()
+    single.after_optimizer_step(0)
     ref = {k: v for k, v in single.state_dict().items() if not k.startswith("backbone")}
     for key in ("memory_label", "memory_conf", "alpha"):
         assert torch.equal(r0[key], r1[key]), key

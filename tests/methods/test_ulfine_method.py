@@ -98,7 +98,7 @@ def test_all_switches_off_reproduces_fixmatch_exactly():
             assert torch.equal(g_f[name], g_u[name])
         assert torch.equal(g_f["head.prototypes"], g_u["prototype_head.prototypes"])
         opt_f.step(), opt_u.step()
-        fm.after_optimizer_step(), ul.after_optimizer_step()
+        fm.after_optimizer_step(0), ul.after_optimizer_step(0)
     assert any(0 < n < 6 for n in masked), masked  # the mask really selected samples
     x = torch.randn(5, 3, 2, 2)
     assert torch.equal(fm.predict(x), ul.predict(x))
@@ -151,7 +151,7 @@ def test_training_step_updates_visual_prototypes_and_memory():
     batch = _batch()
     out = m.training_step(batch)
     assert torch.equal(m.visual_prototypes, before)  # C_v moves after the optimiser step
-    m.after_optimizer_step()
+    m.after_optimizer_step(0)
     f_l = F.normalize(m.backbone.encode_image(batch.x_l), dim=-1).detach()
     # class 0: samples 0, 1, 3; class 2: sample 2; class 1 absent -> unchanged
     exp0 = F.normalize(0.5 * before[0] + 0.5 * f_l[[0, 1, 3]].mean(0), dim=0)
@@ -172,13 +172,13 @@ def test_training_step_updates_visual_prototypes_and_memory():
 def test_after_optimizer_step_momentum_fit():
     m = _method("ulfine", "ulfine.mu_paf=0.5", "ulfine.paf_gap=false")
     c0 = m.prototypes.detach().clone()
-    m.after_optimizer_step()  # nothing confident yet: alpha = 0, prototypes untouched
+    m.after_optimizer_step(0)  # nothing confident yet: alpha = 0, prototypes untouched
     assert torch.equal(m.alpha, torch.zeros(K)) and torch.equal(m.prototypes.detach(), c0)
     visual = F.normalize(torch.randn(K, D), dim=-1)
     m.visual_prototypes.copy_(visual)
     m.memory_label[:3] = torch.tensor([0, 0, 2])
     m.memory_conf[:3] = torch.tensor([0.8, 0.8, 0.4])
-    m.after_optimizer_step()
+    m.after_optimizer_step(0)
     torch.testing.assert_close(m.alpha, torch.tensor([0.5, 0.0, 0.125]))
     exp = F.normalize((1 - m.alpha[:, None]) * F.normalize(c0, dim=-1) + m.alpha[:, None] * visual, dim=-1)
     torch.testing.assert_close(m.prototypes.detach(), exp)
@@ -188,7 +188,7 @@ def test_after_optimizer_step_momentum_fit():
     off.memory_label[:3] = torch.tensor([0, 0, 2])
     off.memory_conf[:3] = 0.9
     c1 = off.prototypes.detach().clone()
-    off.after_optimizer_step()
+    off.after_optimizer_step(0)
     assert torch.equal(off.prototypes.detach(), c1)
 
 
@@ -245,13 +245,13 @@ def test_text_anchored_fitting_does_not_compound():
     for m in (anchored, compounding):
         m.visual_prototypes.copy_(visual)
         m.memory_label[:2], m.memory_conf[:2] = torch.tensor([0, 1]), torch.tensor([0.9, 0.45])
-        m.after_optimizer_step()
+        m.after_optimizer_step(0)
     text = anchored.text_anchor
     exp = F.normalize((1 - anchored.alpha[:, None]) * text + anchored.alpha[:, None] * visual, dim=-1)
     torch.testing.assert_close(anchored.prototypes.detach(), exp)
     once = compounding.prototypes.detach().clone()
-    anchored.after_optimizer_step()
-    compounding.after_optimizer_step()
+    anchored.after_optimizer_step(0)
+    compounding.after_optimizer_step(0)
     torch.testing.assert_close(anchored.prototypes.detach(), exp)
     assert not torch.allclose(compounding.prototypes.detach(), once)
 
@@ -264,8 +264,8 @@ def test_gap_removed_fitting_targets_the_shifted_visual_prototypes():
         m.visual_prototypes.copy_(visual)
         m.memory_label[:2], m.memory_conf[:2] = torch.tensor([0, 1]), torch.tensor([0.9, 0.45])
     start = gap.prototypes.detach().clone()
-    gap.after_optimizer_step()
-    plain.after_optimizer_step()
+    gap.after_optimizer_step(0)
+    plain.after_optimizer_step(0)
     target = paf.without_modality_gap(visual, gap.text_anchor)
     torch.testing.assert_close(gap.prototypes.detach(), paf.momentum_fit(start, target, gap.alpha))
     torch.testing.assert_close(plain.prototypes.detach(), paf.momentum_fit(start, visual, plain.alpha))
@@ -279,7 +279,7 @@ def test_fixed_prototypes_are_a_buffer_still_fitted():
     m.memory_label[0], m.memory_conf[0] = 1, 0.9
     m.visual_prototypes[1] = F.normalize(torch.ones(D), dim=0)
     c0 = m.prototypes.clone()
-    m.after_optimizer_step()
+    m.after_optimizer_step(0)
     assert not torch.allclose(m.prototypes[1], c0[1]) and torch.equal(m.prototypes[0], c0[0])
 
 
@@ -290,7 +290,7 @@ def test_prior_labeled_plus_pseudo():
     # the prior reads the memory as of the last optimiser step: unchanged within a step, so that
     # every accumulation micro-batch sees the same prior
     torch.testing.assert_close(m.prior(), torch.tensor([0.6, 0.3, 0.1]))
-    m.after_optimizer_step()
+    m.after_optimizer_step(0)
     torch.testing.assert_close(m.prior(), torch.tensor([6.0, 5.0, 4.0]) / 15)
     assert torch.allclose(_method("ulfine", "ulfine.prior=labeled").prior(), torch.tensor([0.6, 0.3, 0.1]))
 
@@ -301,7 +301,7 @@ def test_state_is_checkpointed_and_diagnostics():
     m.training_step(batch)
     d0 = m.diagnostics()
     assert d0["alpha"] == [0.0] * K and d0["angle_deg"] == [0.0] * K  # nothing moved yet
-    m.after_optimizer_step()
+    m.after_optimizer_step(0)
     sd = m.state_dict()
     for key in ("visual_prototypes", "memory_label", "memory_conf", "alpha", "text_anchor", "prior_pseudo_counts"):
         assert key in sd
@@ -324,7 +324,7 @@ def test_all_switches_off_reproduces_fixmatch_on_micro_clip_with_adaptformer():
 
     base = load_config("synthetic_smoke", ["ssl.tau=0.3"])
     bb = build_backbone(base.model)
-    apply_finetune(bb, "lft", "adaptformer", base.peft_options)
+    apply_finetune(bb, "lft", "adaptformer", base.options_for("adaptformer"))
     names = ["red", "green", "blue"]
     with torch.no_grad():
         protos = text_prototypes(bb, names, base.model.templates, cache_dir=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ulfine.config.schema import ModelConfig, PEFTConfig
+from ulfine.config.schema import ModelConfig
 from ulfine.models import apply_finetune, build_backbone
 
 # (width, layers, embed_dim, patch) from open_clip's model configs
@@ -21,7 +21,7 @@ ARCHS = {"ViT-B-16": (768, 12, 512, 16), "ViT-B-32": (768, 12, 512, 32), "ViT-L-
 def expected_trainable(arch: str, peft: str) -> int:
     w, n, _, _ = ARCHS[arch]
     return {
-        "adaptformer": n * ((w * 64 + 64) + (64 * w + w)),
+        "adaptformer": n * ((w * 64 + 64) + (64 * w + w) + 2 * w),  # down, up, own LayerNorm
         "vpt": n * 10 * w,
         "lora": n * 8 * (w + 3 * w),
         "bitfit": n * (w + 3 * w + w + w + 4 * w + w) + 2 * w,
@@ -33,7 +33,7 @@ def expected_trainable(arch: str, peft: str) -> int:
 def test_injection_counts_on_the_meta_device(arch, peft):
     b = build_backbone(ModelConfig(arch=arch, pretrained="none"), device="meta")
     total = sum(p.numel() for p in b.parameters())
-    s = apply_finetune(b, "lft", peft, PEFTConfig())
+    s = apply_finetune(b, "lft", peft, None)
     assert s.trainable == expected_trainable(arch, peft)
     assert s.total == total + (0 if peft == "bitfit" else s.trainable)
     assert b.embed_dim == ARCHS[arch][2] and b.preprocess.size == 224

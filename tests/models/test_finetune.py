@@ -12,17 +12,18 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ulfine.config.schema import ModelConfig, PEFTConfig
+from ulfine.config.schema import ModelConfig
 from ulfine.errors import ConfigError
 from ulfine.models import PEFT_MODULES, LinearHead, apply_finetune, build_backbone
-from ulfine.models.peft.adaptformer import AdaptFormerMLP
+from ulfine.models.peft import peft_options
+from ulfine.models.peft.adaptformer import AdaptFormerMLP, pass_residual_input
 from ulfine.models.peft.lora import LoRAWeight
 
 W, L = WIDTH, LAYERS
 # hand-computed parameter counts of ulfine-micro-vit's image tower
 PER_BLOCK = (2 * W) + (3 * W * W + 3 * W) + (W * W + W) + (2 * W) + (W * MLP + MLP) + (MLP * W + W)
 TOWER = 3 * W * PATCH * PATCH + W + TOKENS * W + 2 * W + L * PER_BLOCK + 2 * W + W * EMBED
-ADAPTFORMER = L * ((W * 64 + 64) + (64 * W + W))  # down + up, bottleneck 64
+ADAPTFORMER = L * ((W * 64 + 64) + (64 * W + W) + 2 * W)  # down + up (bottleneck 64) + own LN
 VPT = L * 10 * W  # 10 prompt tokens of width W per block
 LORA_QKV = L * 8 * (W + 3 * W)  # A (8, W) + B (3W, 8)
 LORA_OUT = L * 8 * (W + W)
@@ -51,24 +52,25 @@ def test_registry_lists_the_four_modules():
 @pytest.mark.parametrize("finetune,peft,last_k", list(EXPECTED))
 def test_parameter_counts_match_hand_computed_values(make_tiny, finetune, peft, last_k):
     b = make_tiny()
-    s = apply_finetune(b, finetune, peft, PEFTConfig(last_k_blocks=last_k))
+    s = apply_finetune(b, finetune, peft, peft_options(peft, last_k_blocks=last_k))
     assert (s.trainable, s.total) == EXPECTED[(finetune, peft, last_k)]
     assert s.trainable == sum(p.numel() for p in b.parameters() if p.requires_grad)
 
 
 def test_lora_out_target_count(make_tiny):
-    s = apply_finetune(make_tiny(), "lft", "lora", PEFTConfig(lora_targets=["qkv", "out"]))
+    s = apply_finetune(make_tiny(), "lft", "lora", peft_options("lora", targets=["qkv", "out"]))
     assert s.trainable == LORA_QKV + LORA_OUT
 
 
 @pytest.mark.parametrize(
     "peft,opts",
-    [("adaptformer", {}), ("lora", {"lora_targets": ["qkv", "out"]}), ("bitfit", {})],
+    [("adaptformer", {}), ("adaptformer", {"layernorm": "block"}), ("lora", {"targets": ["qkv", "out"]}),
+     ("bitfit", {})],
 )
 def test_identity_modules_leave_features_unchanged_at_init(make_tiny, images, peft, opts):
     ref_model = make_tiny()
     b = make_tiny()
-    apply_finetune(b, "lft", peft, PEFTConfig(**opts))
+    apply_finetune(b, "lft", peft, peft_options(peft, **opts))
     for train in (True, False):  # SDPA path (train) and MHA fast path (eval, no grad)
         ref_model.train(train), b.train(train)
         with torch.set_grad_enabled(train):
@@ -136,13 +138,13 @@ def test_apply_finetune_twice_or_unknown_mode_is_a_config_error(make_tiny):
     with pytest.raises(ConfigError, match="already applied"):
         apply_finetune(b, "fft", "-")
     with pytest.raises(ConfigError, match="last_k_blocks=9"):
-        apply_finetune(make_tiny(), "lft", "lora", PEFTConfig(last_k_blocks=9))
+        apply_finetune(make_tiny(), "lft", "lora", peft_options("lora", last_k_blocks=9))
 
 
 @pytest.mark.parametrize("peft", ["adaptformer", "vpt", "lora", "bitfit"])
 def test_last_k_blocks_is_respected(make_tiny, peft):
     b = make_tiny()
-    apply_finetune(b, "lft", peft, PEFTConfig(last_k_blocks=1))
+    apply_finetune(b, "lft", peft, peft_options(peft, last_k_blocks=1))
     blocks = b.visual.transformer.resblocks
     for i, block in enumerate(blocks):
         n_trainable = sum(p.numel() for p in block.parameters() if p.requires_grad)
@@ -153,7 +155,7 @@ def test_last_k_blocks_is_respected(make_tiny, peft):
 
 def test_lora_rank_and_parametrisation_is_what_runs(make_tiny, images):
     b = make_tiny()
-    apply_finetune(b, "lft", "lora", PEFTConfig(lora_rank=4, lora_alpha=8.0))
+    apply_finetune(b, "lft", "lora", peft_options("lora", rank=4, alpha=8.0))
     attn = b.visual.transformer.resblocks[0].attn
     assert parametrize.is_parametrized(attn, "in_proj_weight")
     lora = attn.parametrizations.in_proj_weight[0]
@@ -173,22 +175,113 @@ def test_adaptformer_wraps_the_mlp_with_a_zero_up_projection(make_tiny):
     b = make_tiny()
     original = b.visual.transformer.resblocks[0].mlp
     apply_finetune(b, "lft", "adaptformer")
-    wrapped = b.visual.transformer.resblocks[0].mlp
+    block = b.visual.transformer.resblocks[0]
+    wrapped = block.mlp
     assert isinstance(wrapped, AdaptFormerMLP) and wrapped.mlp is original
+    assert list(block.ln_2._forward_hooks.values()) == [pass_residual_input]
     a = wrapped.adapter
     assert a.down.weight.shape == (64, W) and a.up.weight.shape == (W, 64) and a.scale == 0.1
+    assert isinstance(a.ln, nn.LayerNorm) and a.ln.weight.requires_grad and a.dropout.p == 0.1
     assert torch.count_nonzero(a.up.weight) == 0 and torch.count_nonzero(a.down.weight) > 0
-    x = torch.randn(2, 5, W)
+    h, x = torch.randn(2, 5, W), torch.randn(2, 5, W)
     with torch.no_grad():
         a.up.weight.normal_()
-        expected = original(x) + 0.1 * a.up(torch.relu(a.down(x)))
-        torch.testing.assert_close(wrapped(x), expected)
+        a.ln.weight.uniform_(0.5, 1.5)
+        a.eval()
+        expected = original(h) + 0.1 * a.up(torch.relu(a.down(F.layer_norm(x, (W,), a.ln.weight, a.ln.bias))))
+        torch.testing.assert_close(wrapped((h, x)), expected)
+    with pytest.raises(RuntimeError, match="pass_residual_input"):
+        wrapped(h)  # the own form never silently falls back to the ln_2 output
+
+
+def test_adaptformer_block_form_reads_the_ln_2_output(make_tiny):
+    b = make_tiny()
+    apply_finetune(b, "lft", "adaptformer", peft_options("adaptformer", layernorm="block", dropout=0.0))
+    block = b.visual.transformer.resblocks[0]
+    assert not block.ln_2._forward_hooks
+    a = block.mlp.adapter
+    assert a.ln is None
+    h = torch.randn(2, 5, W)
+    with torch.no_grad():
+        a.up.weight.normal_()
+        torch.testing.assert_close(block.mlp(h), block.mlp.mlp(h) + 0.1 * a.up(torch.relu(a.down(h))))
+    assert sum(p.numel() for p in b.parameters() if p.requires_grad) == ADAPTFORMER - L * 2 * W
+
+
+def _adapter_reference(frozen, adapters, images):
+    """The published form written out: x + attn(ln_1(x)), then + mlp(ln_2(x)) + adapter(x)."""
+    x = frozen._embeds(images)
+    for blk, a in zip(frozen.transformer.resblocks, adapters):
+        x = x + blk.attention(q_x=blk.ln_1(x))
+        x = x + blk.mlp(blk.ln_2(x)) + a(x)
+    pooled, _ = frozen._pool(x)
+    return pooled @ frozen.proj
+
+
+def _randomise_adapters(b, seed=0):
+    """Seeded non-zero adapter weights; down/up draw from their own stream, so both forms get the
+    same down/up weights whether or not an own LayerNorm exists."""
+    g, g_ln = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in sorted(b.visual.named_parameters()):
+            if ".mlp.adapter.ln." in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * torch.randn(p.shape, generator=g_ln))
+            elif ".mlp.adapter." in name:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+
+
+def test_adaptformer_own_form_matches_a_written_out_forward(make_tiny, images):
+    b = make_tiny()
+    frozen = copy.deepcopy(b.visual)
+    apply_finetune(b, "lft", "adaptformer")
+    _randomise_adapters(b)
+    b.eval()
+    adapters = [blk.mlp.adapter for blk in b.visual.transformer.resblocks]
+    with torch.no_grad():
+        out = b.encode_image(images)
+        reference = _adapter_reference(frozen, adapters, images)
+        assert not torch.allclose(out, frozen(images), atol=1e-3)  # the adapters are in the forward
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_adaptformer_own_and_block_forms_differ_once_trained(make_tiny, images):
+    own, block = make_tiny(), make_tiny()
+    apply_finetune(own, "lft", "adaptformer")
+    apply_finetune(block, "lft", "adaptformer", peft_options("adaptformer", layernorm="block"))
+    _randomise_adapters(own), _randomise_adapters(block)  # same down/up weights in both
+    for a, c in zip(own.visual.transformer.resblocks, block.visual.transformer.resblocks):
+        torch.testing.assert_close(a.mlp.adapter.up.weight, c.mlp.adapter.up.weight)
+    own.eval(), block.eval()
+    with torch.no_grad():
+        assert not torch.allclose(own.encode_image(images), block.encode_image(images), atol=1e-3)
+
+
+def test_adaptformer_dropout_only_in_train_mode(make_tiny, images):
+    b = make_tiny()
+    apply_finetune(b, "lft", "adaptformer", peft_options("adaptformer", scale=1.0))
+    _randomise_adapters(b)
+    b.eval()
+    with torch.no_grad():
+        ref = b.encode_image(images)
+        torch.testing.assert_close(b.encode_image(images), ref, rtol=0, atol=0)
+        b.train()
+        torch.manual_seed(0)
+        first = b.encode_image(images)
+        torch.manual_seed(1)
+        second = b.encode_image(images)
+    assert not torch.allclose(first, ref, atol=1e-4) and not torch.allclose(first, second, atol=1e-4)
+    nodrop = make_tiny()
+    apply_finetune(nodrop, "lft", "adaptformer", peft_options("adaptformer", scale=1.0, dropout=0.0))
+    _randomise_adapters(nodrop)
+    nodrop.train()
+    with torch.no_grad():
+        torch.testing.assert_close(nodrop.encode_image(images), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_vpt_prompts_shape_count_and_reference_computation(make_tiny, images):
     b = make_tiny()
     frozen = copy.deepcopy(b.visual)  # the same open_clip blocks, without hooks
-    apply_finetune(b, "lft", "vpt", PEFTConfig(vpt_length=10))
+    apply_finetune(b, "lft", "vpt", peft_options("vpt", length=10))
     blocks = b.visual.transformer.resblocks
     prompts = [blk.vpt.prompts for blk in blocks]
     assert all(p.shape == (10, W) for p in prompts)
@@ -215,7 +308,7 @@ def test_vpt_prompts_shape_count_and_reference_computation(make_tiny, images):
 
 def test_vpt_last_k_inserts_at_the_first_prompted_block(make_tiny, images):
     b = make_tiny()
-    apply_finetune(b, "lft", "vpt", PEFTConfig(vpt_length=3, last_k_blocks=2))
+    apply_finetune(b, "lft", "vpt", peft_options("vpt", length=3, last_k_blocks=2))
     seen = []
     for blk in b.visual.transformer.resblocks:
         blk.ln_1.register_forward_hook(lambda m, a, out: seen.append(a[0].shape[1]))
@@ -241,7 +334,7 @@ def test_deepcopy_for_ema_keeps_hooks_pointing_at_the_copy(make_tiny, images, pe
 @pytest.mark.parametrize("peft", ["adaptformer", "vpt", "lora", "bitfit"])
 def test_open_clip_attention_and_fused_kernel_are_kept(make_tiny, images, monkeypatch, peft):
     b = make_tiny()
-    apply_finetune(b, "lft", peft, PEFTConfig(lora_targets=["qkv", "out"]))
+    apply_finetune(b, "lft", peft, peft_options(peft, **({"targets": ["qkv", "out"]} if peft == "lora" else {})))
     for block in b.visual.transformer.resblocks:
         assert type(block).forward is ResidualAttentionBlock.forward and "forward" not in vars(block)
         assert isinstance(block.attn, nn.MultiheadAttention)

@@ -7,7 +7,7 @@ import torch
 from _attention import AttentionKernelCounter
 from naive_reference import NaiveViT
 
-from ulfine.config.schema import ModelConfig, PEFTConfig
+from ulfine.config.schema import ModelConfig
 from ulfine.models import apply_finetune, build_backbone
 
 
@@ -15,7 +15,7 @@ def _backbone(finetune: str | None = None):
     torch.manual_seed(0)
     bb = build_backbone(ModelConfig(arch="ulfine-micro-vit", pretrained="none", text_cache_dir=None))
     if finetune:
-        apply_finetune(bb, finetune, "adaptformer", PEFTConfig())
+        apply_finetune(bb, finetune, "adaptformer", None)
     return bb
 
 
@@ -38,7 +38,8 @@ def test_naive_copies_ulfine_adaptformer() -> None:
         for name, p in bb.visual.named_parameters():
             if ".adapter." in name:
                 p.normal_(0, 0.2)
-    naive = NaiveViT.from_open_clip(bb.visual).freeze_backbone()
+    naive = NaiveViT.from_open_clip(bb.visual).freeze_backbone().eval()
+    bb.visual.eval()  # the adapters' dropout off in both
     x = torch.randn(2, 3, 32, 32)
     ref, out = bb.encode_image(x), naive(x)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)

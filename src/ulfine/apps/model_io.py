@@ -145,12 +145,8 @@ def load_model_dir(model_dir: Path, device: str = "auto", precision: str | None 
     backbone = build_backbone(cfg.model, device=rt.device)
     check_fingerprint(backbone, spec)
     tensors = load_file(str(model_dir / MODEL_FILE))
-    ctx = MethodContext(
-        num_classes=len(spec["class_names"]), class_names=list(spec["class_names"]),
-        labeled_counts=torch.as_tensor(spec["labeled_counts"], dtype=torch.long),
-        text_prototypes=_prototypes(tensors, rt.device), logit_scale=float(backbone.logit_scale),
-        num_unlabeled=int(spec["num_unlabeled"]), feature_dim=int(backbone.embed_dim), collectives=rt.collectives(),
-    )
+    ctx = MethodContext.from_facts(backbone, spec["class_names"], spec["labeled_counts"],
+                                   _prototypes(tensors, rt.device), spec["num_unlabeled"], rt.collectives())
     parts = assemble_model(cfg, rt, backbone, ctx, feature_mode=False)  # the real tower, even for feature-mode runs
     load_state(parts.method, tensors, model_dir / MODEL_FILE)
     info = {"source": str(model_dir), "method": cfg.method, "arch": cfg.model.arch, "weights": MODEL_FILE}

@@ -12,6 +12,7 @@ from .loader import (
     preset_dir,
     save_config,
 )
+from .recipes import load_recipes, recipe_overrides
 from .schema import (
     CacheConfig,
     Config,
@@ -19,7 +20,6 @@ from .schema import (
     EvalConfig,
     ModelConfig,
     OptimConfig,
-    PEFTConfig,
     Section,
     SSLConfig,
     TrainConfig,
@@ -27,8 +27,9 @@ from .schema import (
 )
 
 __all__ = [
+    "load_recipes", "recipe_overrides",
     "CacheConfig", "Config", "DataConfig", "EvalConfig", "ModelConfig", "OptimConfig",
-    "PEFTConfig", "SSLConfig", "Section", "TrainConfig", "option_sections",
+    "SSLConfig", "Section", "TrainConfig", "option_sections",
     "build_config", "config_dir", "config_to_dict", "deep_merge", "list_presets", "load_config",
     "load_saved_config", "parse_overrides", "preset_dir", "save_config",
 ]

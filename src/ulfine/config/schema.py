@@ -135,20 +135,6 @@ class ModelConfig(Section):
     )
 
 
-class PEFTConfig(Section):
-    """Options of the lightweight fine-tuning modules (used when ``finetune=lft``)."""
-
-    adaptformer_bottleneck: int = Field(64, ge=1)
-    adaptformer_scale: float = Field(0.1)
-    vpt_length: int = Field(10, ge=1, description="VPT-deep prompt tokens per layer")
-    lora_rank: int = Field(8, ge=1)
-    lora_alpha: float = Field(8.0, gt=0)
-    lora_targets: list[Literal["qkv", "out"]] = Field(["qkv"], min_length=1)
-    last_k_blocks: int | None = Field(
-        None, ge=1, description="inject modules only in the last k residual blocks"
-    )
-
-
 # ---------------------------------------------------------------------------------- methods
 class SSLConfig(Section):
     """FixMatch-style semi-supervised options shared by every SSL method [B]."""
@@ -280,6 +266,36 @@ def option_sections() -> dict[str, type[BaseModel]]:
     return out
 
 
+#: config files written before each PEFT module had its own section kept them in ``peft_options``
+LEGACY_PEFT_KEYS: dict[str, str] = {
+    "adaptformer_bottleneck": "adaptformer.bottleneck", "adaptformer_scale": "adaptformer.scale",
+    "vpt_length": "vpt.length", "lora_rank": "lora.rank", "lora_alpha": "lora.alpha",
+    "lora_targets": "lora.targets", "adaptformer_layernorm": "adaptformer.layernorm",
+    "adaptformer_dropout": "adaptformer.dropout",
+}
+
+
+def migrate_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """Read a config written by an older ulfine: ``peft_options.X`` becomes the PEFT module's own
+    section (``last_k_blocks`` goes to the selected module's), so old run folders still load."""
+    old = data.pop("peft_options", None)
+    if old is None:
+        return data
+    if not isinstance(old, dict):
+        raise ConfigError("invalid config: peft_options must be a mapping")
+    # such a run trained ulfine's earlier AdaptFormer: the frozen ln_2 output, no dropout
+    old = {"adaptformer_layernorm": "block", "adaptformer_dropout": 0.0, **old}
+    for key, value in old.items():
+        target = (f"{data.get('peft', 'adaptformer')}.last_k_blocks" if key == "last_k_blocks"
+                  else LEGACY_PEFT_KEYS.get(key))
+        if target is None:
+            raise ConfigError(f"invalid config: unknown key 'peft_options.{key}'")
+        section, name = target.split(".")
+        current = data.get(section) or {}
+        data[section] = {**(current if isinstance(current, dict) else current.model_dump()), name: value}
+    return data
+
+
 def _section(key: str, cls: type[BaseModel], value: Any) -> BaseModel:
     if isinstance(value, cls):
         return value
@@ -316,7 +332,6 @@ class Config(Section):
     resume: bool = Field(False, description="continue the run in output_dir from its checkpoint")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    peft_options: PEFTConfig = Field(default_factory=PEFTConfig)
     ssl: SSLConfig = Field(default_factory=SSLConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -334,7 +349,7 @@ class Config(Section):
         for plugin in data.get("plugins") or []:
             load_plugin(str(plugin))
         sections = option_sections()
-        data = dict(data)
+        data = migrate_legacy(dict(data))
         for key in [k for k in data if k not in cls.model_fields]:
             if key not in sections:
                 raise ConfigError(f"invalid config: unknown key {key!r}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -121,49 +122,75 @@ def _to_chw(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img).transpose(2, 0, 1).copy())  # one copy, writable
 
 
+@dataclass(frozen=True)
+class LabeledSample:
+    """One labeled image of a step (augmented, or raw for the device views), its label and index."""
+
+    step: int
+    image: torch.Tensor
+    label: int
+    index: int
+
+
+@dataclass(frozen=True)
+class UnlabeledSample:
+    """One unlabeled image of a step: its weak view (the raw image for the device views), its
+    strong views (none when the device makes them) and its index into the unlabeled set."""
+
+    step: int
+    weak: torch.Tensor
+    strong: tuple[torch.Tensor, ...]
+    index: int
+
+
 class _SSLDataset(Dataset):
     """Turns a request into an augmented sample, with randomness seeded by the request."""
 
-    def __init__(self, labeled: ImageSet, unlabeled: ImageSet | None, views: Views, seed: int,
-                 augment: bool, raw: bool = False, strong_views: int = 1) -> None:
-        self.labeled, self.unlabeled, self.views = labeled, unlabeled, views
-        self.seed, self.augment, self.raw, self.strong_views = seed, augment, raw, strong_views
+    def __init__(self, labeled: ImageSet, unlabeled: ImageSet | None, views: Views, spec: StreamSpec,
+                 raw: bool) -> None:
+        self.labeled, self.unlabeled, self.views, self.spec, self.raw = labeled, unlabeled, views, spec, raw
 
     def __len__(self) -> int:
         return len(self.labeled)
 
-    def __getitem__(self, req: tuple[int, int, int, int]):  # noqa: ANN204
+    def __getitem__(self, req: tuple[int, int, int, int]) -> LabeledSample | UnlabeledSample:
         role, step, pos, index = req
         if self.raw:  # the device makes the views (data.augment_on=device)
-            images = self.labeled if role == LABELED else self.unlabeled
-            label = int(images.labels[index]) if role == LABELED else None
-            return role, _to_chw(images.load(index)), label, index
+            if role == LABELED:
+                return LabeledSample(step, _to_chw(self.labeled.load(index)), int(self.labeled.labels[index]), index)
+            return UnlabeledSample(step, _to_chw(self.unlabeled.load(index)), (), index)
         with torch.random.fork_rng(devices=[]), _single_thread():
             # CPU generator only: torch.manual_seed also queues a CUDA seeding with a traceback
-            torch.default_generator.manual_seed(sample_seed(self.seed, role, step, pos))
+            torch.default_generator.manual_seed(sample_seed(self.spec.seed, role, step, pos))
             if role == LABELED:
                 img = _to_chw(self.labeled.load(index))
-                x = self.views.weak(img) if self.augment else img
-                return role, x, int(self.labeled.labels[index]), index
+                x = self.views.weak(img) if self.spec.augment else img
+                return LabeledSample(step, x, int(self.labeled.labels[index]), index)
             assert self.unlabeled is not None
             img = _to_chw(self.unlabeled.load(index))
             weak = self.views.weak(img)  # drawn first: one strong view gives the same stream as ever
-            return role, weak, tuple(self.views.strong(img) for _ in range(self.strong_views)), index
+            strong = tuple(self.views.strong(img) for _ in range(self.spec.strong_views))
+            return UnlabeledSample(step, weak, strong, index)
 
 
-def _collate(items: list) -> Batch:
-    lab = [it for it in items if it[0] == LABELED]
-    unl = [it for it in items if it[0] == UNLABELED]
-    step = 0
-    x_l = torch.stack([it[1] for it in lab])
-    y_l = torch.tensor([it[2] for it in lab], dtype=torch.int64)
-    u_w = u_s = u_s2 = idx_u = None
-    if unl:
-        u_w = torch.stack([it[1] for it in unl])
-        u_s = torch.stack([it[2][0] for it in unl]) if unl[0][2] is not None else None
-        u_s2 = torch.stack([it[2][1] for it in unl]) if unl[0][2] is not None and len(unl[0][2]) > 1 else None
-        idx_u = torch.tensor([it[3] for it in unl], dtype=torch.int64)
-    return Batch(x_l, y_l, u_w, u_s, idx_u, step, u_s2)
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    return torch.stack(tensors) if tensors else None
+
+
+def _collate(items: list[LabeledSample | UnlabeledSample]) -> Batch:
+    """One step's samples (labeled first, then unlabeled) as a :class:`Batch`, by field name."""
+    lab = [it for it in items if isinstance(it, LabeledSample)]
+    unl = [it for it in items if isinstance(it, UnlabeledSample)]
+    views = len(unl[0].strong) if unl else 0
+    return Batch(
+        x_l=torch.stack([it.image for it in lab]),
+        y_l=torch.tensor([it.label for it in lab], dtype=torch.int64),
+        u_w=_stack([it.weak for it in unl]),
+        u_s=_stack([it.strong[0] for it in unl]) if views >= 1 else None,
+        u_s2=_stack([it.strong[1] for it in unl]) if views >= 2 else None,
+        idx_u=torch.tensor([it.index for it in unl], dtype=torch.int64) if unl else None,
+        step=items[0].step,
+    )
 
 
 def _worker_init(worker_id: int) -> None:
@@ -184,30 +211,45 @@ def _loader(dataset: Dataset, batch_sampler, num_workers: int, collate,  # noqa:
                       collate_fn=collate, pin_memory=torch.cuda.is_available(), **kwargs)
 
 
-def ssl_batches(data: SSLData, batch_size: int, mu: int, seed: int, start_step: int = 0,
-                num_workers: int = 0, rank: int = 0, world_size: int = 1, unlabeled: bool = True,
-                augment: bool = True, raw: bool = False, strong_views: int = 1) -> Iterator[Batch]:
-    """Endless training batches from ``start_step`` on; ``batch_size`` is global (all ranks).
+@dataclass(frozen=True)
+class StreamSpec:
+    """What a training stream draws: the global labeled batch, mu, the seed and the views.
 
-    Each yield is this rank's slice: batch_size/world_size labeled images and, when
-    ``unlabeled`` and the data has an unlabeled set, mu*batch_size/world_size unlabeled images
-    (a weak and ``strong_views`` (1 or 2) strong views of the same image, plus its index into
-    ``data.unlabeled``).
-    With ``raw`` the images come unaugmented (``u_w`` the unlabeled image, ``u_s`` None) for
-    :class:`~ulfine.data.device_augment.DeviceAugmenter` to make the same views on the device.
+    ``unlabeled``: whether unlabeled images are drawn at all (a supervised method needs none);
+    ``strong_views``: strong views per unlabeled image (1, or 2 for ACR and FineSSL).
     """
-    if batch_size < 1 or mu < 1 or start_step < 0 or strong_views not in (1, 2):
-        raise ConfigError("batch_size and mu must be >= 1, start_step >= 0, strong_views 1 or 2")
-    unl = data.unlabeled if unlabeled else None
-    views = build_views(data.native_size)
-    sampler = _StepSampler(len(data.labeled), len(unl) if unl is not None else 0, batch_size, mu,
-                           seed, start_step, rank, world_size)
-    dataset = _SSLDataset(data.labeled, unl, views, seed, augment, raw, strong_views)
-    step = start_step
-    for batch in _loader(dataset, sampler, num_workers, _collate, True):
-        batch.step = step
-        yield batch
-        step += 1
+
+    batch_size: int
+    mu: int = 1
+    seed: int = 0
+    unlabeled: bool = True
+    augment: bool = True
+    strong_views: int = 1
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.mu < 1 or self.strong_views not in (1, 2):
+            raise ConfigError("batch_size and mu must be >= 1 and strong_views 1 or 2")
+
+
+def ssl_batches(data: SSLData, spec: StreamSpec, start_step: int = 0, rank: int = 0, world_size: int = 1,
+                raw: bool = False) -> Iterator[Batch]:
+    """Endless training batches from ``start_step`` on; ``spec.batch_size`` is global (all ranks).
+
+    Each yield is this rank's slice of step s (``Batch.step == s``): batch_size/world_size labeled
+    images and, when ``spec.unlabeled`` and the data has an unlabeled set, mu*batch_size/world_size
+    unlabeled images (a weak and ``spec.strong_views`` strong views of the same image, plus its
+    index into ``data.unlabeled``). With ``raw`` the images come unaugmented (``u_w`` the
+    unlabeled image, no strong view) for :class:`~ulfine.data.device_augment.DeviceAugmenter` to
+    make the same views on the device (:func:`ulfine.data.stream.training_stream` decides).
+    """
+    if start_step < 0:
+        raise ConfigError("start_step must be >= 0")
+    unl = data.unlabeled if spec.unlabeled else None
+    sampler = _StepSampler(len(data.labeled), len(unl) if unl is not None else 0, spec.batch_size, spec.mu,
+                           spec.seed, start_step, rank, world_size)
+    dataset = _SSLDataset(data.labeled, unl, build_views(data.native_size), spec, raw)
+    yield from _loader(dataset, sampler, spec.num_workers, _collate, True)
 
 
 class _EvalDataset(Dataset):

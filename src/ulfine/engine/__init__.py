@@ -10,7 +10,8 @@ Public API::
 
 from .assemble import RunParts, assemble_run
 from .reevaluate import evaluate_run, load_run
+from .run import build_trainer, train
 from .state import TrainState
-from .trainer import Trainer, train
+from .trainer import Trainer
 
-__all__ = ["RunParts", "TrainState", "Trainer", "assemble_run", "evaluate_run", "load_run", "train"]
+__all__ = ["RunParts", "TrainState", "Trainer", "assemble_run", "build_trainer", "evaluate_run", "load_run", "train"]

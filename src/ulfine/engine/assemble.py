@@ -36,6 +36,7 @@ from ..models import (
     normalizer_for,
     text_prototypes,
 )
+from ..registry import FINETUNE_MODES
 from .runtime import Runtime
 from .seeding import seed_everything
 
@@ -69,7 +70,7 @@ def uses_features(cfg: Config) -> bool:
         return False
     if not method_cls.trains:
         return True
-    return cfg.finetune == "lp" and not cfg.data.augment and not method_cls.uses_unlabeled
+    return FINETUNE_MODES.get(cfg.finetune).frozen_tower and not cfg.data.augment and not method_cls.uses_unlabeled
 
 
 def data_config(cfg: Config) -> DataConfig:
@@ -110,17 +111,10 @@ def unlabeled_from_labeled(data: SSLData) -> torch.Tensor | None:
 def method_context(cfg: Config, backbone: CLIPBackbone | ScratchBackbone, data: SSLData, rt: Runtime,
                    prototypes: torch.Tensor | None) -> MethodContext:
     """What the method may know: class names and labeled counts, never unlabeled ground truth."""
-    return MethodContext(
-        num_classes=len(data.class_names),
-        class_names=list(data.class_names),
-        labeled_counts=torch.as_tensor(data.labeled_counts, dtype=torch.long),
-        text_prototypes=prototypes,
-        logit_scale=float(backbone.logit_scale),
-        num_unlabeled=len(data.unlabeled) if data.unlabeled is not None else 0,
-        feature_dim=int(backbone.embed_dim),
-        collectives=rt.collectives(),
-        steps_per_epoch=cfg.train.steps_per_epoch,
-        unlabeled_from_labeled=unlabeled_from_labeled(data),
+    return MethodContext.from_facts(
+        backbone, data.class_names, data.labeled_counts, prototypes,
+        len(data.unlabeled) if data.unlabeled is not None else 0, rt.collectives(),
+        steps_per_epoch=cfg.train.steps_per_epoch, unlabeled_from_labeled=unlabeled_from_labeled(data),
     )
 
 
@@ -164,8 +158,7 @@ def assemble_model(cfg: Config, rt: Runtime, backbone: CLIPBackbone | ScratchBac
     names, counts and prototypes its ``config.json`` and ``model.safetensors`` carry; it is built
     by this same code so that its tensors load into exactly the modules that trained them.
     """
-    peft_opts = cfg.options_for(cfg.peft) or cfg.peft_options  # a plugin PEFT module's own section
-    summary = apply_finetune(backbone, cfg.finetune, cfg.peft, peft_opts)
+    summary = apply_finetune(backbone, cfg.finetune, cfg.peft, cfg.options_for(cfg.peft))
     note_batch_statistics(cfg, rt, backbone)
     backbone.to(rt.device)
     seen_by_method: nn.Module = CachedFeatures(backbone) if feature_mode else backbone

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ..config import OptimConfig
+from ..config import Config, OptimConfig
+from ..errors import ConfigError
 from ..schedule import lr_factor
+from .ema import TrainableEMA
 
 NO_DECAY_KEYWORDS = ("prompt", "token", "pos_embed", "positional_embedding", "norm", "ln_")
 
@@ -50,4 +54,25 @@ def build_scheduler(
     )
 
 
-__all__ = ["build_optimizer", "build_scheduler", "decays", "lr_factor", "trainable_named_parameters"]
+@dataclass
+class Optimization:
+    """What only a method that trains has: optimiser, schedule, EMA and its trainable count."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: TrainableEMA | None
+    n_trainable: int
+
+
+def build_optimization(method: nn.Module, cfg: Config, total_steps: int) -> Optimization:
+    """Optimiser, schedule over ``total_steps`` and EMA over the method's trainable parameters."""
+    n_trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    if n_trainable == 0:
+        raise ConfigError(f"method {cfg.method!r} with finetune={cfg.finetune} has nothing to train")
+    optimizer = build_optimizer(method, cfg.optim)
+    return Optimization(optimizer, build_scheduler(optimizer, cfg.optim, total_steps),
+                        TrainableEMA(method, cfg.train.ema) if cfg.train.ema else None, n_trainable)
+
+
+__all__ = ["Optimization", "build_optimization", "build_optimizer", "build_scheduler", "decays", "lr_factor",
+           "trainable_named_parameters"]

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import logging
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,6 @@ from ..jsonable import flatten
 from ..safefiles import atomic_write_text
 
 log = logging.getLogger("ulfine.engine")
-
-
-def default_run_dir(cfg: Config, now: float | None = None) -> Path:
-    """runs/<preset or dataset>-<method>-<finetune>-<YYYYmmdd-HHMMSS>."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    name = cfg.preset or cfg.data.dataset
-    return Path("runs") / f"{name}-{cfg.method}-{cfg.finetune}-{stamp}"
 
 
 def attach_file_log(run_dir: Path) -> logging.Handler:
@@ -217,5 +209,5 @@ def print_summary(final: dict[str, Any], run_dir: Path) -> None:
     Console().print(table)
 
 
-__all__ = ["TRACKER_PACKAGES", "Reporter", "attach_file_log", "check_trackers", "default_run_dir", "make_tracker",
+__all__ = ["TRACKER_PACKAGES", "Reporter", "attach_file_log", "check_trackers", "make_tracker",
            "print_summary", "start_trackers"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from ..jsonable import flatten
 from ..registry import METHODS
 from ..safefiles import refuse_pickles, remove_temporaries
 from .checkpoint import find_checkpoint
-from .reporting import default_run_dir
 from .runtime import Runtime
+from .state import step_budget
 
 log = logging.getLogger("ulfine.engine")
 
@@ -36,6 +37,13 @@ class RunDir:
     path: Path
     created: bool
     finished: int | None = None
+
+
+def default_run_dir(cfg: Config, now: float | None = None) -> Path:
+    """runs/<preset or dataset>-<method>-<finetune>-<YYYYmmdd-HHMMSS>."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    name = cfg.preset or cfg.data.dataset
+    return Path("runs") / f"{name}-{cfg.method}-{cfg.finetune}-{stamp}"
 
 
 def check_resumable(cfg: Config, saved: Path) -> None:
@@ -86,9 +94,7 @@ def finished_steps(cfg: Config, run_dir: Path) -> int | None:
         steps = int(json.loads(path.read_text())["steps"])
     except (ValueError, KeyError, TypeError):
         return None  # damaged: finish it again
-    budget = cfg.train.epochs * cfg.train.steps_per_epoch if METHODS.get(cfg.method).trains else 0
-    stop = min(budget, cfg.train.max_steps) if cfg.train.max_steps else budget
-    return steps if steps >= stop else None
+    return steps if steps >= step_budget(cfg.train, METHODS.get(cfg.method).trains).stop else None
 
 
 def discard_unfinished(run: RunDir) -> bool:
@@ -111,5 +117,6 @@ def check_batch(cfg: Config, world_size: int) -> int:
     return cfg.train.batch_size // parts
 
 
-__all__ = ["FINAL_METRICS", "RESUMABLE_CHANGES", "RunDir", "check_batch", "check_resumable", "discard_unfinished",
+__all__ = ["FINAL_METRICS", "RESUMABLE_CHANGES", "RunDir", "check_batch", "check_resumable", "default_run_dir",
+           "discard_unfinished",
            "finished_steps", "prepare_run_dir"]

@@ -22,6 +22,7 @@ from accelerate.state import AcceleratorState, GradientState
 from ..config import Config
 from ..errors import ResourceError
 from ..methods.base import Collectives, LocalCollectives
+from ..registry import FINETUNE_MODES
 from .precision import ACCELERATE_NAMES, AUTOCAST_DTYPES, resolve_device, resolve_precision
 
 
@@ -138,7 +139,8 @@ def out_of_memory_advice(cfg: Config, exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     t, o = cfg.train, cfg.optim
-    lighter = ", or train fewer weights (finetune=lft instead of fft)" if cfg.finetune == "fft" else ""
+    heavy = FINETUNE_MODES.get(cfg.finetune).trains_whole_tower
+    lighter = ", or train fewer weights (finetune=lft instead of fft)" if heavy else ""
     return (f"out of accelerator memory ({first}); lower train.batch_size (now {t.batch_size}) or raise "
             f"optim.grad_accum (now {o.grad_accum}): the same samples per step in smaller micro-batches; use "
             f"train.precision=bf16 (now {t.precision}); lower eval.batch_size (now {cfg.eval.batch_size}) "

@@ -20,6 +20,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: role id of the per-step training randomness (the data roles are 0 and 1)
+STEP_ROLE = 2
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Seed torch's generators (all devices) for optimiser step ``step`` on ``rank``.
+
+    Why: the randomness of a training forward (AdaptFormer's dropout) must not depend on how the
+    run got to this step; with the generators seeded from (seed, step, rank) a resumed run draws
+    exactly what the uninterrupted one drew, whatever else (a data loader starting its workers)
+    consumed random numbers before.
+    """
+    state = np.random.SeedSequence([seed, STEP_ROLE, step, rank]).generate_state(1, np.uint64)[0]
+    torch.manual_seed(int(state >> 1))
+
+
 def rng_state() -> dict[str, Any]:
     """Snapshot of every global generator."""
     state: dict[str, Any] = {
@@ -41,4 +57,4 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-__all__ = ["rng_state", "seed_everything", "set_rng_state"]
+__all__ = ["STEP_ROLE", "rng_state", "seed_everything", "seed_step", "set_rng_state"]

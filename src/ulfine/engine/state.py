@@ -6,7 +6,27 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..config import TrainConfig
 from .seeding import rng_state
+
+
+@dataclass(frozen=True)
+class StepBudget:
+    """The schedule's length (``train.epochs x train.steps_per_epoch``; 0 for a method that does
+    not train) and where this invocation stops (``train.max_steps`` may cut it)."""
+
+    total: int
+    stop: int
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stop < self.total
+
+
+def step_budget(train: TrainConfig, trains: bool) -> StepBudget:
+    """The one computation of a run's step budget (the loop, the schedule and resume read it)."""
+    total = train.epochs * train.steps_per_epoch if trains else 0
+    return StepBudget(total, min(total, train.max_steps) if train.max_steps else total)
 
 
 def _no_images() -> dict[str, int]:

@@ -4,7 +4,7 @@ Importing this package registers every built-in method.
 """
 
 from ..batch import Batch
-from . import acr, finessl, fixmatch, fixmatch_la, loft, supervised, ulfine, zeroshot  # noqa: F401  (registration)
+from . import acr, finessl, fixmatch, fixmatch_la, fixmatch_la_smooth, loft, supervised, ulfine, zeroshot  # noqa: F401  (registration)
 from .acr import ACROptions
 from .base import (
     METHODS,

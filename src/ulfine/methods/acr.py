@@ -122,10 +122,10 @@ class ACR(Method):
 
     uses_unlabeled = True
     strong_views = 2
+    opts: ACROptions
 
     def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(backbone, ctx, options)
-        self.opts: ACROptions = options.own or ACROptions()
         k = ctx.num_classes
         self.head_standard = _xavier_head(ctx.feature_dim, k)
         self.head_balanced = _xavier_head(ctx.feature_dim, k)
@@ -136,7 +136,6 @@ class ACR(Method):
         self.register_buffer("kl_sum", torch.zeros(len(ANCHORS)))
         self.register_buffer("kl_steps", torch.zeros(()))  # steps of this epoch that moved the estimate
         self.register_buffer("pending_counts", torch.zeros(k))
-        self._step = 0  # optimiser step of the latest batch (Batch.step)
         self._from_labeled: torch.Tensor | None = None  # ctx.unlabeled_from_labeled on the device
 
     def estimating(self, step: int) -> bool:
@@ -144,14 +143,15 @@ class ACR(Method):
         return step // max(1, self.ctx.steps_per_epoch) >= self.opts.estimate_from_epoch
 
     # -- losses ---------------------------------------------------------------------------------
-    def labeled_loss(self, f_l: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def balanced_labeled_loss(self, f_l: torch.Tensor, y: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """CE(g(x), y) and CE(h(x) + tau_bl log pi, y); also h(x) for the batch accuracy."""
         z_bal = self.head_balanced(f_l)
         loss_std = cross_entropy(self.head_standard(f_l), y)
         loss_bal = cross_entropy(logit_adjusted(z_bal, self.prior, self.opts.tau_balanced_loss), y)
         return loss_std, loss_bal, z_bal
 
-    def unlabeled_loss(self, f_strong: torch.Tensor, t: ACRTargets) -> tuple[torch.Tensor, torch.Tensor]:
+    def balanced_unlabeled_loss(self, f_strong: torch.Tensor, t: ACRTargets) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked CE of both branches on both strong views (mean over all strong samples)."""
         v = f_strong.shape[0] // t.standard.shape[0]  # targets of view 1, then the same for view 2
         loss_std = masked_consistency(self.head_standard(f_strong), t.standard.repeat(v), t.standard_mask.repeat(v))
@@ -172,15 +172,14 @@ class ACR(Method):
     def training_step(self, batch: Batch) -> StepOutput:
         if batch.u_w is None or batch.u_s2 is None:
             raise RuntimeError("acr needs unlabeled batches with two strong views")
-        self._step = batch.step
         f = self.view_features(batch)
-        loss_s, loss_s_bal, z_l_bal = self.labeled_loss(f["x_l"], batch.y_l)
+        loss_s, loss_s_bal, z_l_bal = self.balanced_labeled_loss(f["x_l"], batch.y_l)
         with torch.no_grad():
             t = acr_targets(self.head_standard(f["u_w"]), self.head_balanced(f["u_w"]), self.prior,
                             self.tau, self.opts.tau_balanced_targets, self.ssl.tau)
             if self.estimating(batch.step):
                 self.count_for_estimate(t, batch.idx_u)
-        loss_u, loss_u_bal = self.unlabeled_loss(torch.cat([f["u_s"], f["u_s2"]]), t)
+        loss_u, loss_u_bal = self.balanced_unlabeled_loss(torch.cat([f["u_s"], f["u_s2"]]), t)
         loss = loss_s + loss_s_bal + self.ssl.lambda_u * (loss_u + loss_u_bal)
         idx = batch.idx_u if batch.idx_u is not None else torch.arange(len(t.standard), device=loss.device)
         pseudo = PseudoLabels(idx=idx, label=t.standard, confidence=t.standard_conf, mask=t.standard_mask)
@@ -191,9 +190,9 @@ class ACR(Method):
 
     # -- the distribution estimate ----------------------------------------------------------------
     @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        """Move the estimate with the step's counts (all processes); at an epoch end, set tau."""
-        if not self.estimating(self._step):
+    def after_optimizer_step(self, step: int) -> None:
+        """Move the estimate with the step's counts (all processes)."""
+        if not self.estimating(step):
             return
         counts = self.ctx.collectives.all_reduce_sum(self.pending_counts)
         self.pending_counts.zero_()
@@ -203,11 +202,9 @@ class ACR(Method):
         kl = symmetric_kl(self.u_estimate.unsqueeze(0), self.anchors)
         self.kl_sum += torch.where(total > 0, kl, torch.zeros_like(kl))
         self.kl_steps += (total > 0).float()
-        if (self._step + 1) % max(1, self.ctx.steps_per_epoch) == 0:
-            self.end_epoch()
 
     @torch.no_grad()
-    def end_epoch(self) -> None:
+    def on_epoch_end(self, epoch: int) -> None:
         """tau from the epoch's mean KLs to the anchors (unchanged after an epoch without estimates)."""
         if self.opts.adaptive:
             tau = adaptive_tau(self.kl_sum / self.kl_steps.clamp_min(1.0), self.opts.tau_max)

@@ -93,6 +93,20 @@ class MethodContext:
     #: split membership, known by construction, not a label
     unlabeled_from_labeled: torch.Tensor | None = None
 
+    @classmethod
+    def from_facts(cls, backbone: nn.Module, class_names: list[str], labeled_counts: Any,
+                   text_prototypes: torch.Tensor | None, num_unlabeled: int, collectives: Collectives,
+                   steps_per_epoch: int = 1, unlabeled_from_labeled: torch.Tensor | None = None) -> "MethodContext":
+        """The one way to build a context: from the backbone (logit scale, feature width) and the
+        task's facts, whether they come from a split (training) or a model folder (prediction)."""
+        return cls(
+            num_classes=len(class_names), class_names=list(class_names),
+            labeled_counts=torch.as_tensor(labeled_counts, dtype=torch.long), text_prototypes=text_prototypes,
+            logit_scale=float(backbone.logit_scale), num_unlabeled=int(num_unlabeled),
+            feature_dim=int(backbone.embed_dim), collectives=collectives, steps_per_epoch=steps_per_epoch,
+            unlabeled_from_labeled=unlabeled_from_labeled,
+        )
+
     @property
     def labeled_prior(self) -> torch.Tensor:
         """pi: class prior of the labeled set."""
@@ -130,6 +144,15 @@ class Method(nn.Module):
         self.backbone = backbone  # CLIPBackbone, or the frozen-tower stand-in over cached features
         self.ctx = ctx
         self.options = options
+        #: the method's own options, typed (its registered options class; None when it has none).
+        #: Subclasses annotate ``opts: TheirOptions`` and read every option from here.
+        self.opts: Any = options.own if options.own is not None else self.default_options()
+
+    @classmethod
+    def default_options(cls) -> BaseModel | None:
+        """The registered options class with its defaults (a method built outside a config)."""
+        options_class = _METHODS.options().get(cls.name)
+        return options_class() if options_class is not None else None
 
     @classmethod
     def from_config(cls, cfg: "Config", backbone: nn.Module, ctx: MethodContext) -> "Method":
@@ -199,8 +222,15 @@ class Method(nn.Module):
         """
         return {"decision": self.predict(images)}
 
-    def after_optimizer_step(self) -> None:
-        """Called once per optimiser step on every process (e.g. PAF's momentum fitting)."""
+    def after_optimizer_step(self, step: int) -> None:
+        """Called once per optimiser step on every process, after the update (e.g. PAF's
+        momentum fitting); ``step`` is the 0-based index of the step just taken (``Batch.step``).
+        Not called for a step skipped as non-finite (``train.on_nonfinite=skip``)."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called on every process when epoch ``epoch`` (1-based count of finished epochs) ends,
+        after that step's :meth:`after_optimizer_step` and before the scheduled evaluation and
+        checkpoint (per-epoch statistics: ACR's tau, FineSSL's learning-status counter)."""
 
     def diagnostics(self) -> dict[str, Any]:
         """Method-specific values logged at each evaluation (JSON-serialisable)."""

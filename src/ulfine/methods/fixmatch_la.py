@@ -1,13 +1,16 @@
 """``fixmatch_la``: FixMatch with the logit-adjusted loss of Menon et al. (ICLR 2021) [B].
 
-Which form: the *loss* form (Menon et al., eq. 10), not the post-hoc one. Every cross-entropy,
-labeled and unlabeled (strong view), is taken on z + tau_la * log(pi), with pi the labeled class
-prior. The network's raw logits z are then the balanced scores, so test predictions *and*
-pseudo-labels come from z itself (= the adjusted training logits minus tau_la * log(pi)); no
-second, post-hoc correction is applied (that would subtract the prior twice).
+The form LTSSL papers tabulate is DASO's code (ytaek-oh/daso@3541a6c, ``lib/algorithm/fixmatch.py``
+with ``ALGORITHM.LOGIT_ADJUST.APPLY``): only the *labeled* cross-entropy is taken on
+z + tau_la * log(pi), pi the labeled class prior; the pseudo-labels, the strong-view loss and the
+test predictions use the raw logits z. ``fixmatch_la.adjust=both`` also adjusts the strong-view
+loss [R] (our earlier reading; neither DASO nor USB has it). No post-hoc correction is applied to
+the predictions (DASO logs a post-hoc figure beside the raw one; ulfine reports the raw one).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -19,18 +22,22 @@ from .losses import cross_entropy, logit_adjusted, masked_consistency
 
 
 class FixMatchLAOptions(Section):
-    """fixmatch_la: the scale of the log-prior in every training cross-entropy."""
+    """fixmatch_la: the scale of the log-prior and which training cross-entropies see it."""
 
-    tau_la: float = Field(1.0, ge=0.0)
+    tau_la: float = Field(1.0, ge=0.0, description="scale of log(pi) (DASO: ALGORITHM.LOGIT_ADJUST.TAU)")
+    adjust: Literal["labeled", "both"] = Field(
+        "labeled", description="labeled: DASO's FixMatch+LA [B]; both: the strong-view loss too [R]")
 
 
 @METHODS.register("fixmatch_la", options=FixMatchLAOptions)
 class FixMatchLA(FixMatch):
-    """FixMatch whose CE terms see z + tau_la * log(pi)."""
+    """FixMatch whose labeled CE (and, with ``adjust=both``, strong-view CE) sees z + tau_la * log(pi)."""
+
+    opts: FixMatchLAOptions
 
     def adjusted(self, logits: torch.Tensor) -> torch.Tensor:
-        """z + tau_la * log(pi): the logits inside the training losses."""
-        return logit_adjusted(logits, self.ctx.labeled_prior, self.options.own.tau_la)
+        """z + tau_la * log(pi): the logits inside the adjusted training losses."""
+        return logit_adjusted(logits, self.ctx.labeled_prior, self.opts.tau_la)
 
     def labeled_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return cross_entropy(self.adjusted(logits), target)
@@ -38,4 +45,5 @@ class FixMatchLA(FixMatch):
     def unlabeled_loss(
         self, logits_strong: torch.Tensor, label: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        return masked_consistency(self.adjusted(logits_strong), label, mask)
+        logits = self.adjusted(logits_strong) if self.opts.adjust == "both" else logits_strong
+        return masked_consistency(logits, label, mask)

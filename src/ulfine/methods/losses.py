@@ -66,11 +66,28 @@ def smoothed_targets(label: torch.Tensor, num_classes: int, smoothing: float) ->
     return onehot * (1.0 - smoothing) + smoothing / num_classes
 
 
+def off_target_smoothed_targets(label: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """Label smoothing that spreads ``smoothing`` over the *other* classes only:
+    (1 - eps) on y, eps / (K - 1) on each k != y (FineSSL's pseudo-label targets of its auxiliary
+    head, Gank0078/FineSSL@76b6f48 trainer.py), unlike :func:`smoothed_targets`' eps / K everywhere."""
+    onehot = F.one_hot(label, num_classes).float()
+    return onehot * (1.0 - smoothing) + (1.0 - onehot) * (smoothing / max(num_classes - 1, 1))
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the samples where ``mask`` holds; 0 when none does (no device
+    synchronisation: the count is clamped, not tested)."""
+    m = mask.float()
+    return (values.float() * m).sum() / m.sum().clamp_min(1.0)
+
+
 __all__ = [
     "cross_entropy",
     "log_prior",
     "logit_adjusted",
     "masked_consistency",
+    "masked_mean",
+    "off_target_smoothed_targets",
     "pseudo_label",
     "smoothed_targets",
     "soft_cross_entropy",

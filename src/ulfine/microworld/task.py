@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..config import recipe_overrides
 from .world import COLOUR_NAMES, DOWNSTREAM_STYLE, SHAPES, is_held_out, render, sample_attributes
 
 #: class k = (colour, shape), k = 0 is the head class of the long-tailed splits
@@ -30,19 +31,15 @@ NUM_CLASSES = len(CLASS_NAMES)
 TRAIN_PER_CLASS = 300  # pool the split engine draws labeled + unlabeled images from
 TEST_PER_CLASS = 100  # balanced test set
 TASK_SEED = 20250508  # fixes every pixel of the task
-#: the learning rate of each fine-tuning strategy on this task, chosen once with the supervised
-#: baseline on a validation split (seed 0; docs/microworld.md section 7.1) and used for every
-#: method of that strategy by the demo, the benchmark and the study
-STRATEGY_LR: dict[str, float] = {"lp": 0.01, "lft": 0.01, "fft": 0.001}
-#: the rest of a strategy's recipe, chosen in the same selection: LFT's adapters at full scale
-#: (AdaptFormer's 0.1 shrinks the adapter's effective step a hundredfold)
-STRATEGY_OPTIONS: dict[str, tuple[str, ...]] = {"lft": ("peft_options.adaptformer_scale=1.0",)}
+#: the fine-tuning strategies this task has a chosen recipe for (configs/recipes/microworld.yaml)
+STRATEGIES: tuple[str, ...] = ("lp", "lft", "fft")
 
 
 def strategy_overrides(finetune: str) -> tuple[str, ...]:
     """``finetune=...`` plus this task's chosen recipe for that strategy (learning rate, adapter
-    scale): what every method of the strategy runs with in the demo, the benchmark and the study."""
-    return (f"finetune={finetune}", f"optim.lr={STRATEGY_LR[finetune]}", *STRATEGY_OPTIONS.get(finetune, ()))
+    scale; ``configs/recipes/microworld.yaml``, chosen on a validation split, docs/microworld.md
+    7.1): what every method of the strategy runs with in the demo, the benchmark and the study."""
+    return (f"finetune={finetune}", *recipe_overrides("microworld", "strategy", finetune))
 
 
 def class_attributes(name: str) -> tuple[int, int]:

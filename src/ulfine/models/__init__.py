@@ -7,7 +7,14 @@ fine-tuning modes and PEFT modules into ``ulfine.registry``.
 
 from .archs import MICRO_ARCH, input_size, register_archs
 from .backbone import CachedFeatures, CLIPBackbone, PreprocessConfig, build_backbone
-from .finetune import FINETUNE_MODES, ParamSummary, apply_finetune, count_parameters
+from .finetune import (
+    FINETUNE_MODES,
+    FinetuneMode,
+    ParamSummary,
+    apply_finetune,
+    count_parameters,
+    register_finetune_mode,
+)
 from .heads import LinearHead, PrototypeHead, cosine_logits
 from .peft import PEFT_MODULES
 from .preprocess import DeviceNormalizer, normalizer_for
@@ -23,6 +30,8 @@ __all__ = [
     "CLIPBackbone",
     "DeviceNormalizer",
     "FINETUNE_MODES",
+    "FinetuneMode",
+    "register_finetune_mode",
     "LinearHead",
     "cosine_logits",
     "MICRO_ARCH",

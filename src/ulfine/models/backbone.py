@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,30 +24,13 @@ from ..config.schema import ModelConfig
 from ..errors import ConfigError, WeightsError
 from ..registry import BACKBONES
 from .archs import arch_preprocess, normalise_arch, register_archs
+from .preprocess import PreprocessConfig
 from .weights import WeightSource, resolve_weights
 
 if TYPE_CHECKING:
     from .scratch import ScratchBackbone
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """How images must be prepared for these weights (taken from the weights, never guessed)."""
-
-    size: int | tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-
-    @classmethod
-    def from_open_clip(cls, cfg: dict[str, Any]) -> "PreprocessConfig":
-        size = cfg["size"]
-        if isinstance(size, (tuple, list)):
-            size = int(size[0]) if size[0] == size[1] else (int(size[0]), int(size[1]))
-        return cls(int(size) if isinstance(size, int) else size,
-                   tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"))
 
 
 class CLIPBackbone(nn.Module):

@@ -49,3 +49,33 @@ class PrototypeHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return cosine_logits(features, self.prototypes, self.logit_scale)
+
+
+class LearnableScaleCosineHead(nn.Module):
+    """Cosine classifier with a learnable temperature: ``s * normalise(f) @ normalise(W)^T``.
+
+    Both ``weight`` (K, D) and the logit scale ``s`` are parameters; ``s`` is stored as itself
+    (not as its log) and never clamped, as FineSSL's ``ViT_Head`` keeps it
+    (Gank0078/FineSSL@76b6f48, model.py: ``logit_scale = nn.Parameter(ones([]) * (1 / 0.07))``,
+    forward ``logit_scale * (x @ weight.t())`` on L2-normalised rows) [B]. Computed in float32
+    even under autocast, like :func:`cosine_logits`.
+    """
+
+    def __init__(self, weight: torch.Tensor, scale_init: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone().float())
+        self.logit_scale = nn.Parameter(torch.tensor(float(scale_init)))
+
+    @classmethod
+    def random(cls, num_classes: int, dim: int, scale_init: float,
+               generator: torch.Generator | None = None) -> "LearnableScaleCosineHead":
+        """Rows drawn uniformly from [-1, 1]^D, then scaled to unit norm: FineSSL's random
+        initialisation (its default ``rand_init``: ``uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5)``)."""
+        rows = torch.empty(num_classes, dim).uniform_(-1.0, 1.0, generator=generator)
+        return cls(F.normalize(rows, dim=-1), scale_init)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(features.device.type, enabled=False):
+            f = F.normalize(features.float(), dim=-1)
+            w = F.normalize(self.weight.float(), dim=-1)
+            return self.logit_scale.float() * (f @ w.t())

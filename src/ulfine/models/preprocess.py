@@ -1,7 +1,7 @@
 """Input preprocessing that belongs with the backbone: uint8 images -> normalised model input.
 
 Why here (models layer): the size, interpolation, mean and std come from the weights'
-preprocessing config (:class:`ulfine.models.backbone.PreprocessConfig`), never from a dataset,
+preprocessing config (:class:`PreprocessConfig`), never from a dataset,
 so the batch type, the feature cache, evaluation and prediction all normalise through this one
 module. The data layer hands over uint8 images at native size; the resize is one batched op on
 the training device.
@@ -10,15 +10,31 @@ the training device.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-if TYPE_CHECKING:
-    from .backbone import PreprocessConfig
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How images must be prepared for these weights (taken from the weights, never guessed)."""
+
+    size: int | tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+    @classmethod
+    def from_open_clip(cls, cfg: dict[str, Any]) -> "PreprocessConfig":
+        size = cfg["size"]
+        if isinstance(size, (tuple, list)):
+            size = int(size[0]) if size[0] == size[1] else (int(size[0]), int(size[1]))
+        return cls(int(size) if isinstance(size, int) else size,
+                   tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"))
 
 
 def _interpolation(mode: str | InterpolationMode) -> InterpolationMode:

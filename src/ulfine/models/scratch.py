@@ -26,7 +26,7 @@ from torch import nn
 from ..config.schema import ModelConfig
 from ..errors import ConfigError
 from ..registry import BACKBONES
-from .backbone import PreprocessConfig
+from .preprocess import PreprocessConfig
 
 #: CIFAR-10 training-set statistics, used by ACR/FixMatch/USB code for their 32 px WRNs
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)

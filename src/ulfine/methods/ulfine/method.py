@@ -92,6 +92,7 @@ class ULFine(Method):
     """ULFine on any fine-tuning strategy: PAF-fitted prototype classifier + DLF with a linear branch."""
 
     uses_unlabeled = True
+    opts: ULFineOptions
 
     @classmethod
     def text_need(cls, head: str) -> str | None:
@@ -100,7 +101,6 @@ class ULFine(Method):
 
     def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(backbone, ctx, options)
-        self.opts: ULFineOptions = options.own or ULFineOptions()
         k = ctx.num_classes
         text = F.normalize(ctx.text_prototypes.detach().float(), dim=-1)
         # initialised from ctx.text_prototypes exactly as the fixmatch baseline's head, so that
@@ -235,7 +235,7 @@ class ULFine(Method):
         return StepOutput(loss=loss, logs=logs, pseudo=pseudo)
 
     @torch.no_grad()
-    def after_optimizer_step(self) -> None:
+    def after_optimizer_step(self, step: int) -> None:
         """PAF after each optimiser step: the visual-prototype EMA over the step's labeled batch
         (all its accumulation micro-batches, all processes), then the confidence-aware momentum
         fitting of C_t toward C_v and re-normalisation; first, the pseudo-label counts the prior reads."""

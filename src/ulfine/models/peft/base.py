@@ -5,16 +5,27 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from open_clip.transformer import VisionTransformer
+from pydantic import Field
 from torch import nn
 
-from ...config.schema import PEFTConfig
+from ...config.schema import Section
 from ...errors import ConfigError
 from ...registry import PEFT_MODULES as _PEFT_MODULES
 from ...registry import Registry
 
+
+class PEFTOptions(Section):
+    """What every LFT module accepts; a module's own options class extends it and is registered
+    with it (``PEFT_MODULES.register("vpt", options=VPTOptions)``), so the config validates the
+    section of the same name (``vpt.length=50``) and the module receives it typed."""
+
+    last_k_blocks: int | None = Field(
+        None, ge=1, description="inject the module only in the last k residual blocks (null: all)")
+
+
 #: name -> inject(visual, opts): adds trainable modules / unfreezes parameters in place
-#: (``ulfine.registry.PEFT_MODULES``, typed here)
-PEFT_MODULES: Registry[Callable[[nn.Module, PEFTConfig], None]] = _PEFT_MODULES
+#: (``ulfine.registry.PEFT_MODULES``, typed here); ``opts`` is the module's registered options
+PEFT_MODULES: Registry[Callable[[nn.Module, PEFTOptions], None]] = _PEFT_MODULES
 
 
 def vit_blocks(visual: nn.Module, last_k: int | None = None) -> list[nn.Module]:
@@ -29,7 +40,7 @@ def vit_blocks(visual: nn.Module, last_k: int | None = None) -> list[nn.Module]:
     blocks = list(visual.transformer.resblocks)
     if last_k is not None:
         if last_k > len(blocks):
-            raise ConfigError(f"peft_options.last_k_blocks={last_k} but the tower has {len(blocks)} blocks")
+            raise ConfigError(f"last_k_blocks={last_k} but the tower has {len(blocks)} blocks")
         blocks = blocks[-last_k:]
     return blocks
 
@@ -37,3 +48,10 @@ def vit_blocks(visual: nn.Module, last_k: int | None = None) -> list[nn.Module]:
 def like(weight: nn.Parameter) -> dict:
     """Factory kwargs so injected parameters match the tower's device and dtype."""
     return {"device": weight.device, "dtype": weight.dtype}
+
+
+def peft_options(peft: str, **values: object) -> PEFTOptions:
+    """The validated options of PEFT module ``peft`` (its registered class; defaults for the rest),
+    for code that applies fine-tuning without a whole run config."""
+    options_class = PEFT_MODULES.options().get(peft, PEFTOptions)
+    return options_class(**values)

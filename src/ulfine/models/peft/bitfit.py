@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from ...config.schema import PEFTConfig
-from .base import PEFT_MODULES, vit_blocks
+from .base import PEFT_MODULES, PEFTOptions, vit_blocks
 
 
-@PEFT_MODULES.register("bitfit")
-def inject_bitfit(visual: nn.Module, opts: PEFTConfig) -> None:
+@PEFT_MODULES.register("bitfit", options=PEFTOptions)
+def inject_bitfit(visual: nn.Module, opts: PEFTOptions) -> None:
     """Unfreeze every bias (``*.bias``, ``in_proj_bias``) of the tower, or only those inside the last k blocks."""
     modules = vit_blocks(visual, opts.last_k_blocks) if opts.last_k_blocks else [visual]
     if opts.last_k_blocks is None:

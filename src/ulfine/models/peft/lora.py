@@ -8,13 +8,23 @@ B is zero-initialised, so the model is unchanged at initialisation.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ...config.schema import PEFTConfig
-from .base import PEFT_MODULES, like, vit_blocks
+from .base import PEFT_MODULES, PEFTOptions, like, vit_blocks
+
+
+class LoRAOptions(PEFTOptions):
+    """lora: rank, scaling numerator and which attention weights get the update."""
+
+    rank: int = Field(8, ge=1, le=4096)
+    alpha: float = Field(8.0, gt=0)
+    targets: list[Literal["qkv", "out"]] = Field(["qkv"], min_length=1)
+
 
 
 class LoRAWeight(nn.Module):
@@ -38,11 +48,11 @@ def _add(module: nn.Module, name: str, rank: int, alpha: float) -> None:
     parametrize.register_parametrization(module, name, LoRAWeight(out_f, in_f, rank, alpha, **like(weight)))
 
 
-@PEFT_MODULES.register("lora")
-def inject_lora(visual: nn.Module, opts: PEFTConfig) -> None:
-    """LoRA on ``lora_targets`` (qkv and/or out) of every (or the last k) block."""
+@PEFT_MODULES.register("lora", options=LoRAOptions)
+def inject_lora(visual: nn.Module, opts: LoRAOptions) -> None:
+    """LoRA on ``targets`` (qkv and/or out) of every (or the last k) block."""
     for block in vit_blocks(visual, opts.last_k_blocks):
-        if "qkv" in opts.lora_targets:
-            _add(block.attn, "in_proj_weight", opts.lora_rank, opts.lora_alpha)
-        if "out" in opts.lora_targets:
-            _add(block.attn.out_proj, "weight", opts.lora_rank, opts.lora_alpha)
+        if "qkv" in opts.targets:
+            _add(block.attn, "in_proj_weight", opts.rank, opts.alpha)
+        if "out" in opts.targets:
+            _add(block.attn.out_proj, "weight", opts.rank, opts.alpha)

@@ -11,10 +11,17 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from ...config.schema import PEFTConfig
-from .base import PEFT_MODULES, like, vit_blocks
+from .base import PEFT_MODULES, PEFTOptions, like, vit_blocks
+
+
+class VPTOptions(PEFTOptions):
+    """vpt: VPT-deep's prompt length (FineSSL's README runs 50)."""
+
+    length: int = Field(10, ge=1, le=4096, description="VPT-deep prompt tokens per layer")
+
 
 
 class BlockPrompts(nn.Module):
@@ -42,15 +49,15 @@ class BlockPrompts(nn.Module):
         return torch.cat([out[:, :1], out[:, 1 + self.length :]], dim=1)
 
 
-@PEFT_MODULES.register("vpt")
-def inject_vpt(visual: nn.Module, opts: PEFTConfig) -> None:
-    """Prompts of ``opts.vpt_length`` tokens in every (or the last k) block, as ``block.vpt``."""
+@PEFT_MODULES.register("vpt", options=VPTOptions)
+def inject_vpt(visual: nn.Module, opts: VPTOptions) -> None:
+    """Prompts of ``opts.length`` tokens in every (or the last k) block, as ``block.vpt``."""
     blocks = vit_blocks(visual, opts.last_k_blocks)
     ph, pw = visual.patch_size
     for i, block in enumerate(blocks):
         width = block.ln_1.normalized_shape[0]
         prompts = BlockPrompts(
-            opts.vpt_length, width, ph * pw, insert=(i == 0), drop_after=(i == len(blocks) - 1),
+            opts.length, width, ph * pw, insert=(i == 0), drop_after=(i == len(blocks) - 1),
             **like(next(block.parameters())),
         )
         block.vpt = prompts
