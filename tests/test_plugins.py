@@ -116,3 +116,27 @@ def test_plugin_method_dataset_and_peft_train_and_reevaluate(plugin, tmp_path, c
     assert done.returncode == 0, done.stderr
     metrics = json.loads(done.stdout)
     assert metrics["weights"] == "weights.safetensors" and 0.0 <= metrics["overall_acc"] <= 1.0
+
+
+def test_a_finetune_mode_carries_the_facts_the_engine_reads():
+    """The engine asks a registered mode whether the tower stays frozen (features cacheable) and
+    whether it all trains; it never tests the mode's name."""
+    from ulfine.config import load_config
+    from ulfine.engine.assemble import uses_features
+    from ulfine.models import FINETUNE_MODES, register_finetune_mode
+
+    @register_finetune_mode("frozen_probe", frozen_tower=True)
+    def frozen_probe(backbone, peft, opts):
+        """A second frozen-tower mode, under another name than lp."""
+        backbone.frozen_features = True
+        return "frozen_probe"
+
+    try:
+        mode = FINETUNE_MODES.get("frozen_probe")
+        assert mode.frozen_tower and not mode.trains_whole_tower and mode.doc.startswith("A second")
+        cfg = load_config(None, ["method=supervised", "finetune=frozen_probe", "data.augment=false"])
+        assert uses_features(cfg)  # as for lp: the same pixels through the same tower every epoch
+        assert not uses_features(load_config(None, ["method=supervised", "finetune=fft", "data.augment=false"]))
+        assert FINETUNE_MODES.get("fft").trains_whole_tower and FINETUNE_MODES.get("lp").frozen_tower
+    finally:
+        FINETUNE_MODES.unregister("frozen_probe")

@@ -84,3 +84,22 @@ def test_weak_view_crops_each_sample_at_its_own_offset():
     assert torch.equal(out[0], x[0])
     padded = TF.pad(x[1], [1, 1, 1, 1], padding_mode="reflect")
     assert torch.equal(out[1], TF.horizontal_flip(padded[:, 2:10, 0:8]))
+
+
+@pytest.mark.parametrize("augment_on,on_device", [("host", False), ("device", True), ("auto", False)])
+def test_training_stream_decides_the_view_placement_and_both_give_the_same_samples(data, augment_on, on_device):
+    """One entry point decides where the views are made (auto: the device only on a GPU; this
+    machine is a CPU) and ships raw images exactly when it returns a device transform; either way
+    step s of the stream is the same batch, carrying s."""
+    from ulfine.data import training_stream
+
+    spec = StreamSpec(8, 2, seed=3, strong_views=2)
+    stream = training_stream(data, spec, torch.device("cpu"), augment_on, start_step=4)
+    reference = next(ssl_batches(data, spec, start_step=4))
+    host = next(stream.batches)
+    assert (stream.device_views is not None) == on_device and host.step == reference.step == 4
+    assert (host.u_s is None) == on_device  # raw images travel only to a device transform
+    batch = stream.device_views(host) if on_device else host
+    for field in ("x_l", "u_w", "u_s", "u_s2"):
+        assert (getattr(batch, field).int() - getattr(reference, field).int()).abs().max().item() <= 1, field
+    assert torch.equal(batch.idx_u, reference.idx_u)

@@ -197,3 +197,16 @@ def test_pickles_in_a_run_folder_are_refused_not_loaded(tmp_path):
     assert not looks_like_pickle(run / "a.safetensors")
     (tmp_path / "x").write_bytes(b"\x80\x03.")  # the same bytes under a name ulfine does not write
     assert looks_like_pickle(tmp_path / "x")
+
+
+def test_the_step_budget_is_computed_once_for_loop_schedule_and_resume():
+    """``step_budget`` is the one computation: the schedule's length, where max_steps stops this
+    invocation, and zero for a method that does not train."""
+    from ulfine.config import TrainConfig
+    from ulfine.engine.state import step_budget
+
+    full = step_budget(TrainConfig(epochs=3, steps_per_epoch=10), True)
+    assert (full.total, full.stop, full.stopped_early) == (30, 30, False)
+    cut = step_budget(TrainConfig(epochs=3, steps_per_epoch=10, max_steps=7), True)
+    assert (cut.total, cut.stop, cut.stopped_early) == (30, 7, True)
+    assert step_budget(TrainConfig(epochs=3, steps_per_epoch=10), False).stop == 0

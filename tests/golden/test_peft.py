@@ -13,12 +13,12 @@ defaults), given the fixture's values and run: features, the residual stream at 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from golden_fixtures import mismatches
 from safetensors.torch import load_file
 
 from ulfine.models import apply_finetune
@@ -35,14 +35,6 @@ def load(name: str):
 
 AF, AF_META = load("peft_adaptformer")
 VPT, VPT_META = load("peft_vpt")
-
-
-def mismatches(check: Callable[[], None]) -> bool:
-    try:
-        check()
-    except AssertionError:
-        return True
-    return False
 
 
 def tuned(tensors, meta, peft: str, prefix: str, **opts) -> CLIPBackbone:

@@ -115,6 +115,7 @@ def benchmark_section(path: Path = BENCHMARK_FILE) -> str:
         "", f"`{bench['command']}` ({bench['budget']}; {bench['machine']}; {bench['date']}). "
         "Test accuracy (%) of the final model, mean ± std over the seeds; docs/microworld.md "
         "section 7 has the study behind every choice.", "",
+        *([f"> {bench['note']}", ""] if bench.get("note") else []),
         markdown_aggregate(bench["results"]),
     ])
 

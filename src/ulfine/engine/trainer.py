@@ -27,13 +27,13 @@ from torch import nn
 
 from ..batch import Batch
 from ..data import StreamSpec, TrainingStream, training_stream
-from ..errors import NumericalError
 from ..methods import Method, StepOutput
 from .assemble import RunParts
 from .cached import feature_batches, set_features
-from .checkpoint import CHECKPOINT_DIR, save_checkpoint
+from .checkpoint import save_checkpoint
 from .evaluation import EvalSets, evaluate_sets
 from .finish import final_metrics, write_final
+from .guards import all_finite, check_weights_finite, nonfinite_stop, restore_buffers, snapshot_buffers
 from .meter import StepMeter, nonfinite_terms, step_logs
 from .optim import Optimization
 from .reporting import Reporter
@@ -101,7 +101,7 @@ class Trainer:
         """One optimiser step over ``host`` (this rank's slice); returns the images it used."""
         seed_step(self.cfg.seed, self.state.step, self.rt.rank)
         micro = self.on_device(host).split(self.cfg.optim.grad_accum)
-        buffers = self.buffer_snapshot() if self.cfg.train.on_nonfinite == "skip" else None
+        buffers = snapshot_buffers(self.method) if self.cfg.train.on_nonfinite == "skip" else None
         logs = []
         for i, batch in enumerate(micro):
             self.seen["labeled"] += batch.num_labeled
@@ -112,7 +112,7 @@ class Trainer:
                     loss, out = self.model(batch)
                 self.rt.accelerator.backward(loss / len(micro))
             logs.append(step_logs(loss, out))
-        if self.finite([lg["loss"] for lg in logs]):
+        if all_finite(self.rt, [lg["loss"] for lg in logs]):
             self.meter.add_logs(logs)
             self.optimizer_step()
         else:
@@ -131,29 +131,14 @@ class Trainer:
         if self.opt.ema is not None:
             self.opt.ema.update()
 
-    def finite(self, losses: list[torch.Tensor]) -> bool:
-        """Whether every micro-batch loss of every rank is finite (one scalar sync per step)."""
-        ok = torch.isfinite(torch.stack([loss.detach().float().reshape(()) for loss in losses])).all()
-        return self.rt.all_true(ok)
-
-    def buffer_snapshot(self) -> dict[str, torch.Tensor]:
-        """The method's buffers (e.g. PAF memories, updated in the forward), to undo a skipped step."""
-        return {n: b.detach().clone() for n, b in self.method.named_buffers()}
-
     def on_nonfinite(self, logs: list[dict[str, Any]], buffers: dict[str, torch.Tensor] | None) -> None:
         """``train.on_nonfinite``: stop with a NumericalError, or drop this step's update (the
         gradients, and the buffers the forward changed, from ``buffers``) and count it."""
         where = f"non-finite loss at optimiser step {self.state.step + 1} ({nonfinite_terms(logs)})"
         if self.cfg.train.on_nonfinite == "stop" or buffers is None:
-            kept = (f"the last checkpoint (step {self.last_checkpoint}) in {self.run_dir / CHECKPOINT_DIR} is "
-                    "kept: continue it with resume=true train.on_nonfinite=skip"
-                    if self.last_checkpoint is not None else "no checkpoint was written yet")
-            raise NumericalError(f"{where}; stopped (train.on_nonfinite=stop): {kept}, or start again with a "
-                                 "lower optim.lr or with optim.clip_grad_norm")
+            raise nonfinite_stop(where, self.last_checkpoint, self.run_dir)
         self.opt.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for name, b in self.method.named_buffers():
-                b.copy_(buffers[name])
+        restore_buffers(self.method, buffers)
         self.state.nonfinite_skipped += 1
         log.warning("%s: step skipped (train.on_nonfinite=skip; %d so far)", where, self.state.nonfinite_skipped)
 
@@ -236,20 +221,10 @@ class Trainer:
         per_rank = self.rt.gather_objects(dict(self.seen))
         return {k: self.state.images_seen[k] + sum(r[k] for r in per_rank) for k in self.seen}
 
-    def check_weights_finite(self) -> None:
-        """A finite loss can still come with overflowing gradients: never checkpoint what followed."""
-        finite = torch.stack([torch.isfinite(p.detach()).all() for p in self.method.parameters() if p.requires_grad])
-        if not self.rt.all_true(finite.all()):
-            kept = ("none was saved" if self.last_checkpoint is None
-                    else f"the checkpoint of step {self.last_checkpoint} is kept")
-            raise NumericalError(f"the trained weights are not finite at step {self.state.step} (a finite loss with "
-                                 f"overflowing gradients); no checkpoint written, {kept}: lower optim.lr or set "
-                                 "optim.clip_grad_norm and start again")
-
     def checkpoint(self) -> None:
         """Write the resumable checkpoint of the current step (every rank takes part); never one
         whose weights are not finite."""
-        self.check_weights_finite()
+        check_weights_finite(self.method, self.rt, self.state.step, self.last_checkpoint)
         images_seen = self.global_seen()
         if self.rt.is_main:
             opt = self.opt
