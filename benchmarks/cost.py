@@ -55,6 +55,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {  # row -> (preset, overrides)
     "FFT-FixMatch": (SETTING, ["method=fixmatch", "finetune=fft"]),
     "FineSSL": (SETTING, ["method=finessl", "finetune=lft"]),
     "ULFine": (SETTING, ["method=ulfine", "finetune=lft"]),
+    # the field's LTSSL baselines (docs/method.md section 7), from scratch and on CLIP LFT
+    **{f"{name}-scratch": (f"{SETTING}_scratch", [f"method={m}"]) for name, m in (
+        ("ABC", "abc"), ("DASO", "daso"), ("DebiasPL", "debiaspl"), ("SimPro", "simpro"), ("CDMAD", "cdmad"),
+        ("CPE", "cpe"))},
+    **{f"LFT-{name}": (SETTING, [f"method={m}", "finetune=lft"]) for name, m in (
+        ("ABC", "abc"), ("DASO", "daso"), ("DebiasPL", "debiaspl"), ("SimPro", "simpro"), ("CDMAD", "cdmad"),
+        ("CPE", "cpe"))},
 }
 REFERENCE = "ULFine"
 RATIO_KEYS = ("iterations", "images", "flops", "wall_hours")

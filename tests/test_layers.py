@@ -3,7 +3,7 @@
 Layers, bottom to top (one explicit table, :data:`LAYERS`):
 
 0. ``ulfine/__init__``, ``errors``, ``registry``, ``config``, ``batch``, ``jsonable``, ``schedule``,
-   ``safefiles``, ``statefiles``
+   ``safefiles``, ``statefiles``, ``validation``
 1. ``features``, ``models``
 2. ``data``, ``methods``, ``microworld``
 3. ``engine``
@@ -38,7 +38,7 @@ PACKAGE = "ulfine"
 #: top-level unit of ``ulfine`` -> layer ("" is ``ulfine/__init__.py`` itself)
 LAYERS: dict[str, int] = {
     "": 0, "errors": 0, "registry": 0, "config": 0, "batch": 0, "jsonable": 0, "schedule": 0,
-    "safefiles": 0, "statefiles": 0,
+    "safefiles": 0, "statefiles": 0, "validation": 0,
     "features": 1, "models": 1,
     "data": 2, "methods": 2, "microworld": 2,
     "engine": 3,

@@ -110,9 +110,9 @@ def test_plugin_method_dataset_and_peft_train_and_reevaluate(plugin, tmp_path, c
     assert any(not (runs["1.0"][k] == runs["3.0"][k]).all() for k in trained)
     saved = (tmp_path / "run3.0" / "config.yaml").read_text()
     assert "my_plugin.py" in saved and "scale: 3.0" in saved
-    # a fresh process re-imports the plugin named in config.yaml and re-evaluates the run
-    done = subprocess.run([sys.executable, "-m", "ulfine.cli", "eval", str(tmp_path / "run3.0"), "--json"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    # a fresh process re-imports the plugin named in config.yaml only with consent, and re-evaluates the run
+    done = subprocess.run([sys.executable, "-m", "ulfine.cli", "eval", str(tmp_path / "run3.0"), "--json",
+                           "--trust-plugins"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     metrics = json.loads(done.stdout)
     assert metrics["weights"] == "weights.safetensors" and 0.0 <= metrics["overall_acc"] <= 1.0

@@ -25,6 +25,11 @@ PINNED: dict[str, tuple[str, str]] = {
     "daso": ("ytaek-oh/daso", "3541a6c"),
     "acr": ("Gank0078/ACR", "9a8f421"),
     "loft": ("games-liker/LoFT", "9e192fb"),
+    "abc": ("LeeHyuck/ABC", "f70e926"),
+    "cdmad": ("LeeHyuck/CDMAD", "7cd732b"),
+    "simpro": ("LeapLabTHU/SimPro", "aa2425d"),
+    "cpe": ("machengcheng2016/CPE-LTSSL", "dedd598"),
+    "debiaspl": ("frank-xwang/debiased-pseudo-labeling", "3d68ccb"),
 }
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,20 +51,35 @@ def _override_help() -> str:
 
 # ---------------------------------------------------------------------------------- commands
 def cmd_presets(args: argparse.Namespace) -> int:
-    """List presets with their one-line descriptions."""
-    from rich.table import Table
-
+    """List presets with their one-line descriptions: a table on a terminal; full names, one line
+    each, when piped (``ulfine presets | grep cifar``) or with ``--names``."""
     from .config import list_presets, preset_dir
 
+    presets = list_presets()
+    if args.names:
+        print("\n".join(presets))
+        return 0
+    if not sys.stdout.isatty():  # a table cut to 80 columns would shorten names with "…"
+        print(_preset_lines(presets))
+        print(_registered_text(), end="")
+        return 0
+    from rich.table import Table
+
     table = Table(title=f"presets in {preset_dir()}")
-    table.add_column("preset", style="bold")
+    table.add_column("preset", style="bold", overflow="fold")
     table.add_column("description")
-    for name, desc in list_presets().items():
+    for name, desc in presets.items():
         table.add_row(name, desc)
     console = _console()
     console.print(table)
     console.print(_registered_text(), highlight=False, soft_wrap=True)
     return 0
+
+
+def _preset_lines(presets: dict[str, str]) -> str:
+    """One ``name  description`` line per preset, names padded to one column, nothing cut."""
+    width = max((len(name) for name in presets), default=0)
+    return "\n".join(f"{name:<{width}}  {desc}" for name, desc in presets.items())
 
 
 def _split_counts(cfg: Any) -> dict[str, Any]:
@@ -171,6 +189,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     preset, overrides = _train_args(args)
     cfg = load_config(preset, _with_plugins(args, overrides), budget=args.budget)
+    if cfg.resume and args.trust_plugins and cfg.output_dir is not None:
+        from .engine.reevaluate import trust_folder_plugins
+
+        trust_folder_plugins(Path(cfg.output_dir))  # the user consented to the run folder's plugins
     run_dir = train(cfg)
     if _is_main_process() and not args.no_report:
         try:
@@ -190,7 +212,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UlfineError(f"run folder {run_dir} does not exist")
-    metrics = evaluate_run(run_dir, split=args.split, overrides=args.overrides)
+    overrides = [*args.overrides, *([f"data.root={args.data_root}"] if args.data_root else [])]
+    metrics = evaluate_run(run_dir, split=args.split, overrides=overrides, trust_plugins=args.trust_plugins)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -229,7 +252,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """A self-contained model folder (+ ONNX) from a finished run."""
     from .apps.model_io import export_model
+    from .engine.reevaluate import trust_folder_plugins
 
+    if args.trust_plugins:
+        trust_folder_plugins(Path(args.run_dir))  # consent given for this run folder's plugins
     result = export_model(Path(args.run_dir), Path(args.out), include_backbone=args.include_backbone,
                           overrides=args.overrides, onnx=args.onnx)
     print(f"model folder: {result.model_dir} ({', '.join(result.files)})")
@@ -239,16 +265,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Top-k classes of image files with a model folder or a run folder."""
     from .apps.model_io import load
-    from .apps.predict import list_files, predict_files, to_csv, to_json
+    from .apps.predict import check_out, list_files, predict_files, write_results
 
     if args.topk < 1 or args.batch_size < 1:
         raise UlfineError("--topk and --batch-size must be at least 1")
+    out = check_out(Path(args.out))  # before any work: an hour of predictions must not die at the end
     files = list_files(args.paths)
-    classifier = load(Path(args.model), device=args.device)
+    classifier = load(Path(args.model), device=args.device, trust_plugins=args.trust_plugins,
+                      data_root=args.data_root)
     topk = min(args.topk, len(classifier.class_names))
     results = predict_files(classifier, files, topk=topk, batch_size=args.batch_size)
     fmt = args.format or ("json" if args.out.lower().endswith(".json") else "csv")
-    Path(args.out).write_text(to_json(results) if fmt == "json" else to_csv(results, topk))
+    write_results(results, out, fmt, topk)
     failed = sum(r.error is not None for r in results)
     print(f"{len(results) - failed} images predicted, {failed} unreadable (listed with an error); "
           f"written to {args.out}")
@@ -286,7 +314,9 @@ def _add_preset_args(p: argparse.ArgumentParser) -> None:
 def _add_config_commands(sub: Subparsers) -> None:
     """``presets``, ``splits`` and ``train``: the commands that read a preset."""
     p = sub.add_parser("presets", help="list the configuration presets",
-                       description="List the presets under configs/presets/ and what is registered.")
+                       description="List the presets under configs/presets/ and what is registered: a table "
+                       "on a terminal, one `name  description` line per preset when piped.")
+    p.add_argument("--names", action="store_true", help="print only the preset names, one a line (for scripts)")
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser(
@@ -319,6 +349,7 @@ def _add_config_commands(sub: Subparsers) -> None:
     p.add_argument("--no-report", action="store_true",
                    help="skip the plots and report.md (grids of many runs; `ulfine report RUN_DIR` "
                    "writes them later)")
+    _add_trust_arg(p, "with resume=true: import the plugins the run folder's config.yaml names")
     p.set_defaults(func=cmd_train)
     plain_help = p.format_help
     p.format_help = lambda: plain_help() + "\n" + _registered_text()  # registries load only for help
@@ -335,6 +366,8 @@ def _add_result_commands(sub: Subparsers) -> None:
                    help="e.g. train.device=cpu data.root=/datasets")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
+    _add_data_root_arg(p)
+    _add_trust_arg(p, "import the plugins RUN_DIR/config.yaml names")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("report", help="plots and report.md of a finished run",
@@ -356,6 +389,20 @@ def _add_result_commands(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def _add_trust_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """``--trust-plugins``: consent to import code a folder's config names (as trust_remote_code)."""
+    p.add_argument("--trust-plugins", action="store_true",
+                   help=f"{what} (Python code that runs when imported); only for folders you trust. "
+                   "Without it such a folder is refused (plugins named with --plugin are always trusted)")
+
+
+def _add_data_root_arg(p: argparse.ArgumentParser) -> None:
+    """``--data-root``: where a run folder's data is now (the same as ``data.root=PATH``)."""
+    p.add_argument("--data-root", metavar="PATH",
+                   help="where the run's data is now, when it moved or the run came from another machine "
+                   "(same as data.root=PATH; a model folder needs no data)")
+
+
 def _add_model_commands(sub: Subparsers) -> None:
     """``export`` and ``predict``: use a trained model."""
     p = sub.add_parser("export", help="a self-contained model folder from a finished run",
@@ -369,6 +416,7 @@ def _add_model_commands(sub: Subparsers) -> None:
     p.add_argument("--include-backbone", action="store_true", help="copy the frozen CLIP weights (air-gapped use)")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx, checked against PyTorch "
                    "(needs pip install 'ulfine[onnx]')")
+    _add_trust_arg(p, "import the plugins RUN_DIR/config.yaml names")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="top-k classes of images with a model or run folder",
@@ -382,6 +430,8 @@ def _add_model_commands(sub: Subparsers) -> None:
     p.add_argument("--format", choices=["csv", "json"], help="default: from --out's suffix, else csv")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_data_root_arg(p)
+    _add_trust_arg(p, "import the plugins the model or run folder's config names")
     p.set_defaults(func=cmd_predict)
 
 
@@ -450,8 +500,55 @@ def _preload_plugins(argv: list[str]) -> None:
         load_plugin(name)
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """The ``ulfine`` logger's own console handler (``warning: ...`` on stderr), so a warning
+    reaches the terminal whether or not a library configured logging; a warning repeated word
+    for word (the same dataset read twice by one command) is shown once."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setLevel(logging.WARNING)
+        self._shown: set[str] = set()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        if line not in self._shown:
+            self._shown.add(line)
+            super().emit(record)
+
+
+@contextmanager
+def console_logging() -> Iterator[None]:
+    """Show ulfine's warnings on stderr, each once, for the duration of a command.
+
+    Why: ulfine logs to the ``ulfine`` logger, which has no handler of its own; its warnings
+    reached the terminal only when open_clip happened to call ``logging.basicConfig`` (and then
+    formatted as ``WARNING:ulfine.data:...``). The CLI adds its own handler and stops propagation
+    to the root logger meanwhile, so a root handler added by a library never prints a line twice;
+    both are undone afterwards (``main`` is also called in-process, by tests and scripts).
+    """
+    logger = logging.getLogger("ulfine")
+    handler, propagate = _ConsoleHandler(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ulfine`` console script."""
+    with console_logging():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """:func:`main` inside :func:`console_logging`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _preload_plugins(argv)

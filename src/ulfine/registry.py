@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
@@ -105,13 +106,47 @@ OPTION_REGISTRIES: tuple[Registry[Any], ...] = (METHODS, PEFT_MODULES)
 _loaded: set[str] = set()
 
 
+def plugin_key(name: str) -> str:
+    """The identity of a plugin: a ``.py`` file's absolute path (so ``./p.py`` typed in one folder
+    and ``/abs/p.py`` recorded in a run's config are one plugin), else the dotted module name."""
+    return os.path.abspath(os.path.expanduser(name)) if name.endswith(".py") else name
+
+
+def plugin_names(value: Any, where: str) -> list[str]:
+    """The ``plugins`` entry of a config as a list of names: one name or a list of them.
+
+    Why: a damaged or hand-written config with ``plugins: evil.py`` (a string) must not be read
+    letter by letter as the modules ``e``, ``v``, ``i``...
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"invalid config: plugins in {where} must be a list of module names or .py files "
+                          f"(got {value!r})")
+    return list(value)
+
+
+def is_loaded(name: str) -> bool:
+    """Whether importing ``name`` would run no new code: loaded as a plugin already, or a dotted
+    module Python has already imported."""
+    key = plugin_key(name)
+    return key in _loaded or (not name.endswith(".py") and key in sys.modules)
+
+
 def load_plugin(name: str) -> None:
-    """Import a plugin module by dotted name or ``.py`` file path (once), registering its entries."""
-    if name in _loaded:
+    """Import a plugin module by dotted name or ``.py`` file path (once), registering its entries.
+
+    Only call it for names the user gave (``--plugin``, a preset, ``plugins=``) or consented to
+    (:func:`consent_to_plugins`): importing a module runs its code.
+    """
+    key = plugin_key(name)
+    if key in _loaded:
         return
     try:
         if name.endswith(".py"):
-            path = Path(name)
+            path = Path(key)
             if not path.is_file():
                 raise ConfigError(f"plugin file {name} does not exist")
             spec = importlib.util.spec_from_file_location(f"ulfine_plugin_{path.stem}", path)
@@ -122,7 +157,34 @@ def load_plugin(name: str) -> None:
             importlib.import_module(name)
     except ImportError as exc:
         raise ConfigError(f"plugin {name!r} cannot be imported: {exc}") from None
-    _loaded.add(name)
+    except SyntaxError as exc:
+        raise ConfigError(f"plugin {name!r} is not valid Python ({exc.msg}, line {exc.lineno})") from None
+    _loaded.add(key)
+
+
+#: the command-line flag and the Python argument that give consent to a folder's plugins
+TRUST_FLAG = "--trust-plugins"
+TRUST_ARG = "trust_plugins=True"
+
+
+def consent_to_plugins(names: list[str], source: str, trusted: bool) -> None:
+    """Import the plugins a run or model folder names, only with the user's consent.
+
+    Why: a folder someone shared can carry a ``.py`` file and a config naming it; importing it
+    runs that code, so (as Hugging Face's ``trust_remote_code``) ulfine imports only what the
+    user typed, installed (entry points), or consented to for this folder. Plugins already
+    imported (the user named them with ``--plugin``) need no consent. Without it, one line names
+    the plugin and the flag, and nothing is imported.
+    """
+    load_builtins()
+    waiting = [n for n in names if not is_loaded(n)]
+    if waiting and not trusted:
+        more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+        raise ConfigError(f"{source} names the plugin {waiting[0]!r}{more}, code that would run when imported; "
+                          f"pass {TRUST_FLAG} (Python: {TRUST_ARG}) only if you trust where it came from, "
+                          f"or name it yourself with --plugin")
+    for name in waiting:
+        load_plugin(name)
 
 
 def load_builtins() -> None:
@@ -135,5 +197,6 @@ def load_builtins() -> None:
 
 __all__ = [
     "BACKBONES", "BUILTIN_MODULES", "DATASETS", "ENTRY_POINT_GROUP", "FINETUNE_MODES", "METHODS",
-    "OPTION_REGISTRIES", "PEFT_MODULES", "Registry", "load_builtins", "load_plugin",
+    "OPTION_REGISTRIES", "PEFT_MODULES", "Registry", "TRUST_FLAG", "consent_to_plugins", "is_loaded",
+    "load_builtins", "load_plugin", "plugin_key", "plugin_names",
 ]

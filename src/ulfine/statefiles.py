@@ -23,13 +23,16 @@ from .safefiles import atomic_write_bytes, atomic_write_text
 _MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__items__")
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """A safetensors file written whole or not at all (:func:`~ulfine.safefiles.atomic_write_bytes`).
 
     Serialised in memory first, so a full disk raises an ``OSError`` with its errno (safetensors'
-    own writer reports it as a SafetensorError without one).
+    own writer reports it as a SafetensorError without one), the temporary file cannot be
+    redirected by a planted symlink, and the file gets mode 0666 less the umask (``save_file``
+    makes it 0600, unreadable to colleagues sharing a run folder or a cache).
     """
-    atomic_write_bytes(Path(path), save({n: t.detach().cpu().contiguous() for n, t in tensors.items()}))
+    data = save({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(Path(path), data)
 
 
 def _encode(x: Any, tensors: dict[str, torch.Tensor]) -> Any:

@@ -76,3 +76,16 @@ def test_cli_writes_csv_with_raw_numbers(runs: list[Path], tmp_path: Path, capsy
 def test_a_folder_that_is_not_a_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["compare", str(tmp_path)]) == 2
     assert "is not a finished run" in capsys.readouterr().err
+
+
+def test_the_fields_figures_follow_the_honest_table_labelled(tmp_path: Path) -> None:
+    """compare adds, after the final-model table, the geometric mean of per-class recall and the
+    best test accuracy over training, said to be selected on the test set."""
+    runs = [_run(tmp_path, f"s{i}", "ulfine", "p1", i, 0.5, 0.1) for i in range(2)]
+    for run, (gm, best) in zip(runs, [(0.40, 0.55), (0.50, 0.65)]):
+        m = json.loads((run / "final_metrics.json").read_text())
+        m.update({"geometric_mean_recall": gm, "best_test_over_training": {"overall_acc": best, "step": 3}})
+        (run / "final_metrics.json").write_text(json.dumps(m))
+    text = compare_runs(runs).text()
+    honest, field = text.index("| ulfine (lft/adaptformer) | 50.0 ± 0.0 / 10.0 ± 0.0 |"), text.index("45.0 ± 7.1 / 60.0 ± 7.1")
+    assert honest < field and "selected on the test set" in text[field:]

@@ -103,3 +103,40 @@ def test_training_stream_decides_the_view_placement_and_both_give_the_same_sampl
     for field in ("x_l", "u_w", "u_s", "u_s2"):
         assert (getattr(batch, field).int() - getattr(reference, field).int()).abs().max().item() <= 1, field
     assert torch.equal(batch.idx_u, reference.idx_u)
+
+
+def test_hue_preserving_strong_views_host_equal_device_and_never_draw_a_hue_op(data):
+    """``data.strong_ops=hue_preserving``: the host's restricted RandAugment and the device's draws
+    give the same views (same seeds), the four hue-moving ops never occur, and the ten others are
+    drawn uniformly; ``all`` stays torchvision's table."""
+    from ulfine.config.schema import HUE_CHANGING_OPS, RANDAUGMENT_OPS, STRONG_OP_SETS
+
+    assert OPS == RANDAUGMENT_OPS  # ulfine's op table is torchvision's, in its order
+    allowed = STRONG_OP_SETS["hue_preserving"]
+    spec = StreamSpec(8, 2, seed=3, strong_views=2, strong_ops=allowed)
+    host, raw = ssl_batches(data, spec, 5), ssl_batches(data, spec, 5, raw=True)
+    augment = DeviceAugmenter(3, 8, 2, strong_views=2, strong_ops=allowed)
+    for _ in range(3):
+        h, d = next(host), augment(next(raw))
+        for field in ("u_s", "u_s2"):
+            assert (getattr(h, field).int() - getattr(d, field).int()).abs().max().item() <= 1
+    full = next(ssl_batches(data, StreamSpec(8, 2, seed=3, strong_views=2), 5))
+    assert not torch.equal(full.u_s, h.u_s) or not torch.equal(full.u_s2, h.u_s2)  # the op set matters
+    n = 4000
+    _, (strong,) = draw_params(list(range(n)), 32, strong_views=1, allowed=allowed)
+    drawn = torch.bincount(strong.ops.flatten(), minlength=len(OPS)).float() / (2 * n)
+    hue = torch.tensor([op in HUE_CHANGING_OPS for op in OPS])
+    assert drawn[hue].sum() == 0
+    tol = 4 * math.sqrt(0.1 * 0.9 / (2 * n))
+    assert (drawn[~hue] - 0.1).abs().max() < tol
+
+
+def test_strong_ops_are_validated_by_the_config():
+    from ulfine.config import load_config
+    from ulfine.errors import ConfigError
+
+    assert load_config(None, ["data.strong_ops=[Rotate,Identity]"]).data.strong_ops == ["Rotate", "Identity"]
+    with pytest.raises(ConfigError, match="strong_ops"):
+        load_config(None, ["data.strong_ops=hue"])
+    with pytest.raises(ConfigError, match="strong_ops"):
+        load_config(None, ["data.strong_ops=[Rotate,Hue]"])

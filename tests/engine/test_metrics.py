@@ -104,3 +104,34 @@ def test_confidence_histogram_edges_and_empty_means():
     assert none["false_confidence_mean"] is None and none["true_confidence_mean"] is None
     assert none["confidence_histogram"]["correct"] == [0] * 10
     assert confidence_histogram(torch.tensor([1.0]), torch.tensor([False]), 1.0, 3)["wrong"] == [0, 0, 1]
+
+
+def test_geometric_mean_recall_by_hand_and_zero_for_a_missed_class():
+    from ulfine.engine.metrics import geometric_mean_recall
+
+    assert geometric_mean_recall([0.5, 0.8, None, 1.0]) == pytest.approx((0.5 * 0.8 * 1.0) ** (1 / 3))
+    assert geometric_mean_recall([0.9, 0.0, 1.0]) == 0.0  # one class never recognised
+    assert geometric_mean_recall([None, None]) is None
+
+
+def test_best_test_accuracy_over_training_is_labelled_and_never_the_headline():
+    """The field's figure is the maximum over the evaluations, labelled as selected on the test set;
+    the final model's accuracy stays the top-level figure."""
+    from ulfine.config import Config
+    from ulfine.engine.finish import BEST_ON_TEST_NOTE, final_metrics
+    from ulfine.engine.state import StepBudget, TrainState
+
+    groups = {"head": 0.5, "medium": 0.5, "tail": 0.5}
+    state = TrainState(step=30, history=[
+        {"step": 10, "overall_acc": 0.5, "balanced_acc": 0.5, "group_acc": groups, "ece": 0.1,
+         "geometric_mean_recall": 0.4},
+        {"step": 20, "overall_acc": 0.7, "balanced_acc": 0.6, "group_acc": groups, "ece": 0.1,
+         "geometric_mean_recall": 0.5}])
+    final = {"step": 30, "overall_acc": 0.6, "balanced_acc": 0.55, "group_acc": groups, "ece": 0.1,
+             "geometric_mean_recall": 0.45}
+    record = final_metrics(final, state, Config(), StepBudget(30, 30), {"labeled": 1, "unlabeled": 1},
+                           torch.device("cpu"))
+    assert record["overall_acc"] == 0.6  # the honest figure stays first
+    best = record["best_test_over_training"]
+    assert (best["overall_acc"], best["step"], best["geometric_mean_recall"]) == (0.7, 20, 0.5)
+    assert best["note"] == BEST_ON_TEST_NOTE and "selected on the test set" in best["note"]

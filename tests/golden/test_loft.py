@@ -109,3 +109,14 @@ def test_can_fail_with_another_ood_floor():
 def test_can_fail_with_ulfines_default_hard_weight():
     """ssl.lambda_u 1 (ulfine's shared default, a documented choice) misses the script's 3."""
     assert mismatches(lambda: check(make("ssl.lambda_u=1.0")))
+
+
+def test_lifts_supervised_baseline_is_loft_labeled_loss():
+    """``supervised.loss=la`` is LIFT's logit-adjusted loss: on LoFT's (a LIFT fork) labeled logits
+    it gives LoFT's own L_x; plain CE (the default) does not."""
+    la = build("supervised", ["head=prototype", "supervised.loss=la", "supervised.tau_la=1.0"], COUNTS, D,
+               prototypes=T["text_features"])
+    plain = build("supervised", ["head=prototype"], COUNTS, D, prototypes=T["text_features"])
+    for s in range(STEPS):
+        close(la.supervised_loss(T["logits_x"][s], T["targets_x"][s]), T["Lx"][s])
+    assert mismatches(lambda: close(plain.supervised_loss(T["logits_x"][0], T["targets_x"][0]), T["Lx"][0]))

@@ -369,3 +369,52 @@ def test_lft_on_a_resnet_tower_is_a_clear_config_error():
     b = build_backbone(ModelConfig(arch="RN50", pretrained="none"), device="meta")
     s = apply_finetune(b, "fft", "-")
     assert s.trainable == s.total > 0
+
+
+@pytest.mark.parametrize("finetune", ["lft", "fft"])
+def test_attention_gets_one_contiguous_sequence_first_tensor_and_the_same_features(make_tiny, images, finetune):
+    """In training every MHA receives one contiguous (L, N, D) tensor (query = key = value, so its
+    packed projection stays one matmul) with batch_first off for the call, and the features and
+    gradients equal those of open_clip's own transposed-view path (LP runs its frozen tower in
+    inference: the next test)."""
+    from ulfine.models.attention_layout import _to_batch_first, _to_sequence_first
+
+    b = make_tiny()
+    apply_finetune(b, finetune, "adaptformer", None)
+    seen = []
+    for block in b.visual.transformer.resblocks:
+        block.attn.register_forward_pre_hook(
+            lambda m, a, k: seen.append((a[0].is_contiguous(), a[0] is a[1] is a[2], m.batch_first, a[0].shape[0])),
+            with_kwargs=True)
+    b.train()
+    x = images.clone().requires_grad_(True)
+    ours = b.encode_image(x)
+    ours.sum().backward()
+    grad_ours = x.grad.clone()
+    tokens = b.visual.positional_embedding.shape[0]
+    assert seen and all(s == (True, True, False, tokens) for s in seen), seen[:2]
+    assert all(blk.attn.batch_first for blk in b.visual.transformer.resblocks)  # restored after each call
+    for block in b.visual.transformer.resblocks:  # open_clip's own path: no layout hooks
+        for hooks, fn in ((block.attn._forward_pre_hooks, _to_sequence_first), (block.attn._forward_hooks, _to_batch_first)):
+            for key in [k for k, h in hooks.items() if h is fn]:
+                del hooks[key]
+    x.grad = None
+    theirs = b.encode_image(x)
+    theirs.sum().backward()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_ours, x.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_inference_keeps_the_fused_fast_path_layout(make_tiny, images):
+    """Under no_grad in eval mode (evaluation, LP's frozen tower) the module keeps batch_first, so
+    torch's fused inference path stays available, and nothing is moved."""
+    b = make_tiny()
+    apply_finetune(b, "lft", "adaptformer", None)
+    b.eval()
+    seen = []
+    for block in b.visual.transformer.resblocks:
+        block.attn.register_forward_pre_hook(lambda m, a, k: seen.append((m.batch_first, a[0].shape[0])),
+                                             with_kwargs=True)
+    with torch.no_grad():
+        b.encode_image(images)
+    assert seen and all(s == (True, images.shape[0]) for s in seen)

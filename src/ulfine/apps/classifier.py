@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from ..data import image_array
+from ..data.decode import check_pixels
 from ..engine.runtime import Runtime
 from ..methods import Method
 from ..models import CLIPBackbone, DeviceNormalizer
@@ -65,10 +66,12 @@ class Prediction:
 def to_pixels(image: ImageLike, size: int) -> np.ndarray:
     """One image (a path, a PIL image or a uint8 (H, W[, 3]) array) as uint8 (size, size, 3).
 
-    Raises ``OSError``/``ValueError`` (PIL's) for a file that is not a readable image.
+    Raises ``OSError``/``ValueError`` (PIL's) for a file that is not a readable image, and
+    :class:`~ulfine.data.decode.ImageTooLargeError` (a ``ValueError``) for one over the decode bound.
     """
     if isinstance(image, (str, Path)):
         with Image.open(image) as img:
+            check_pixels(img)  # refuse a decompression bomb from its header, before decoding
             return image_array(img, size)
     if isinstance(image, Image.Image):
         return image_array(image, size)

@@ -3,7 +3,9 @@
 Every file under the given folders (recursively; hidden files skipped) and every file named is
 predicted or reported: a file that cannot be decoded as an image (truncated, not an image) gets a
 one-line warning and a row with an ``error`` and no labels, so the output always has one row per
-input file and never a traceback.
+input file and never a traceback. The output file is checked before any prediction (an existing
+folder, a missing parent folder) and written whole or not at all; a file name that is not UTF-8
+is written with its odd bytes escaped (``\\xff``), never lost.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..safefiles import atomic_write_text
 from .classifier import Classifier, Prediction, to_pixels
 
 
@@ -33,6 +37,40 @@ class FileResult:
     filename: str
     prediction: Prediction | None = None
     error: str | None = None
+
+
+def printable_name(name: str) -> str:
+    """``name`` as UTF-8 text: bytes of a file name that is not UTF-8 (Python keeps them as lone
+    surrogates) become ``\\xNN`` escapes.
+
+    Why: writing such a name as it is raises ``UnicodeEncodeError`` after every image was
+    predicted; escaping keeps one row per file and the name recognisable.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def check_out(out: Path) -> Path:
+    """The output file of ``ulfine predict``, checked before any work: not a folder, and in a
+    folder that exists (so a long prediction never dies at its last step)."""
+    if out.is_dir():
+        raise DataError(f"--out {out} is a folder; name a file in it, e.g. {out / 'predictions.csv'}")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise DataError(f"--out {out}: the folder {parent} does not exist; create it first or name another file")
+    return out
+
+
+def write_results(results: Sequence[FileResult], out: Path, fmt: str, topk: int) -> None:
+    """The CSV or JSON of ``results`` written whole or not at all (never an empty or torn file)."""
+    text = to_json(results) if fmt == "json" else to_csv(results, topk)
+    try:
+        atomic_write_text(out, text)
+    except OSError as exc:
+        raise DataError(f"cannot write {out} ({exc.strerror or exc}); choose another --out") from None
 
 
 def list_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -81,7 +119,7 @@ def predict_files(classifier: Classifier, files: Sequence[Path], topk: int = 5, 
         for f, px in decoded:
             if isinstance(px, str):
                 if warn:
-                    tqdm.write(f"warning: cannot read {f}: {px}", file=sys.stderr)
+                    tqdm.write(f"warning: cannot read {printable_name(str(f))}: {px}", file=sys.stderr)
                 results.append(FileResult(str(f), error=px))
             else:
                 results.append(FileResult(str(f), prediction=preds[f]))
@@ -100,7 +138,7 @@ def to_csv(results: Sequence[FileResult], topk: int) -> str:
         labels = r.prediction.labels if r.prediction else []
         probs = [f"{p:.6f}" for p in r.prediction.probs] if r.prediction else []
         pad = lambda xs: list(xs) + [""] * (topk - len(xs))
-        writer.writerow([r.filename, *pad(labels), *pad(probs), r.error or ""])
+        writer.writerow([printable_name(r.filename), *pad(labels), *pad(probs), printable_name(r.error or "")])
     return buf.getvalue()
 
 
@@ -109,9 +147,11 @@ def to_json(results: Sequence[FileResult]) -> str:
     rows: list[dict[str, Any]] = []
     for r in results:
         p = r.prediction
-        rows.append({"filename": r.filename, "labels": p.labels if p else None, "indices": p.indices if p else None,
-                     "probs": p.probs if p else None, "error": r.error})
+        rows.append({"filename": printable_name(r.filename), "labels": p.labels if p else None,
+                     "indices": p.indices if p else None, "probs": p.probs if p else None,
+                     "error": None if r.error is None else printable_name(r.error)})
     return json.dumps(rows, indent=1) + "\n"
 
 
-__all__ = ["FileResult", "list_files", "predict_files", "to_csv", "to_json"]
+__all__ = ["FileResult", "check_out", "list_files", "predict_files", "printable_name", "to_csv", "to_json",
+           "write_results"]

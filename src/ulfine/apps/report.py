@@ -13,17 +13,18 @@ made anywhere, without the data or the weights.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import DataError
 from . import report_plots as rp
 from .results import METRICS_FILE
-from .run_table import method_label
+from .run_table import method_label, read_mapping
+
+log = logging.getLogger("ulfine.apps")
 
 REPORT_DIR = "report"
 
@@ -45,11 +46,8 @@ class RunFiles:
         if missing:
             raise DataError(f"{run_dir} is not a finished run (missing {', '.join(missing)}); "
                             "a report needs the files `ulfine train` writes at the end")
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
-        history = [json.loads(line) for line in lines if line.strip()]
-        return cls(run_dir, yaml.safe_load((run_dir / "config.yaml").read_text()),
-                   json.loads((run_dir / METRICS_FILE).read_text()), history,
-                   json.loads((run_dir / "split.json").read_text()))
+        return cls(run_dir, read_mapping(run_dir / "config.yaml"), read_mapping(run_dir / METRICS_FILE),
+                   read_history(run_dir / "metrics.jsonl"), read_mapping(run_dir / "split.json"))
 
     def axis(self) -> rp.ClassAxis:
         rule = (self.final.get("group_rule") or {}).get("classes") or {}
@@ -62,6 +60,28 @@ class RunFiles:
     @property
     def title(self) -> str:
         return method_label(self.config)
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The evaluations of ``metrics.jsonl``; a damaged line (torn by a kill, edited, not UTF-8) is
+    left out with one warning naming the file and the lines, so the rest still makes a report."""
+    if not path.is_file():
+        return []
+    history, bad = [], []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line.decode("utf-8"))
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            entry = None
+        if isinstance(entry, dict):
+            history.append(entry)
+        else:
+            bad.append(number)
+    if bad:
+        log.warning("%s: left out %d damaged line(s) (line %s)", path, len(bad), ", ".join(map(str, bad[:5])))
+    return history
 
 
 @dataclass

@@ -26,6 +26,9 @@ from .results import METRICS_FILE, Cell, RunRecord, pivot, pivot_csv, pivot_tabl
 By = Literal["preset", "method", "seed"]
 #: what a cell shows
 CELL_METRICS = ("overall", "tail")
+#: the field's figures, shown after the honest ones: the geometric mean of per-class recall (final
+#: model) and the best test accuracy over training (selected on the test set, as papers report it)
+FIELD_METRICS = ("gm_recall", "best_on_test")
 #: keys that say where and how a run was computed, not what: runs may differ in them (and in seed)
 NOT_THE_EXPERIMENT = ("seed", "output_dir", "resume", "plugins", "train.device", "train.progress", "train.log_every",
                       "train.checkpoint_every", "train.log_with", "train.compile", "data.root", "data.num_workers",
@@ -54,15 +57,34 @@ def method_label(config: dict[str, Any]) -> str:
     return f"{method} ({how})"
 
 
+def read_mapping(path: Path) -> dict[str, Any]:
+    """A run folder's YAML or JSON file (``config.yaml``, ``final_metrics.json``, ``split.json``)
+    as a mapping, or one line saying it is damaged. Why: these files are read as they are (no
+    schema, no plugins), so a file cut short or edited by hand must fail here, naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError is a ValueError
+        raise DataError(f"{path} cannot be read ({type(exc).__name__}); the file is damaged: re-run "
+                        "`ulfine eval` on the run, or leave the run out") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is damaged (not a mapping of keys to values); leave the run out")
+    return data
+
+
 def read_run(run_dir: Path) -> FinishedRun:
-    """One finished run folder (``config.yaml`` + ``final_metrics.json``)."""
+    """One finished run folder (``config.yaml`` + ``final_metrics.json``); a damaged file is one
+    line naming it."""
     run_dir = Path(run_dir)
     if not (run_dir / METRICS_FILE).is_file() or not (run_dir / "config.yaml").is_file():
         raise DataError(f"{run_dir} is not a finished run (needs config.yaml and {METRICS_FILE})")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    config = read_mapping(run_dir / "config.yaml")
+    metrics = read_mapping(run_dir / METRICS_FILE)
     setting = config.get("preset") or (config.get("data") or {}).get("dataset", "?")
-    record = RunRecord(method_label(config), str(setting), int(config.get("seed", 0)), metrics)
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DataError(f"{run_dir / 'config.yaml'}: seed is {seed!r}, not an integer; the file is damaged")
+    record = RunRecord(method_label(config), str(setting), seed, metrics)
     return FinishedRun(record, str(setting), flatten(config), run_dir)
 
 
@@ -104,11 +126,16 @@ class Comparison:
     markdown: str
     csv: str
     notes: list[str]
+    field_markdown: str = ""
 
     def text(self) -> str:
         notes = [f"- note: {n}" for n in self.notes] or ["All cells: runs that differ only in their seed."]
+        field = ["", "For comparison with published tables (not estimates of accuracy on new data):", "",
+                 self.field_markdown, "", "Cells: geometric mean of per-class recall of the final model / best test "
+                 "accuracy over training (%; selected on the test set, as most papers report it)."]
         return "\n".join([self.markdown, "", "Cells: overall / tail accuracy (%) of the final model, mean ± std over "
-                          "the cell's runs (seeds); a single run shows its value.", *notes, ""])
+                          "the cell's runs (seeds); a single run shows its value.", *notes,
+                          *(field if self.field_markdown else []), ""])
 
 
 def compare_runs(run_dirs: Sequence[Path], by: By = "preset") -> Comparison:
@@ -119,7 +146,10 @@ def compare_runs(run_dirs: Sequence[Path], by: By = "preset") -> Comparison:
     row_of, column_of, corner = _keys(by)
     cells = pivot([r.record for r in runs], row_of, column_of, CELL_METRICS)
     table = pivot_table(cells, CELL_METRICS, corner)
-    return Comparison(table.markdown(), pivot_csv(cells, CELL_METRICS), cell_notes(runs, cells, row_of, column_of))
+    field = pivot_table(pivot([r.record for r in runs], row_of, column_of, FIELD_METRICS), FIELD_METRICS, corner)
+    return Comparison(table.markdown(), pivot_csv(cells, CELL_METRICS), cell_notes(runs, cells, row_of, column_of),
+                      field.markdown())
 
 
-__all__ = ["CELL_METRICS", "Comparison", "FinishedRun", "compare_runs", "differing_keys", "method_label", "read_run"]
+__all__ = ["CELL_METRICS", "FIELD_METRICS", "Comparison", "FinishedRun", "compare_runs", "differing_keys",
+           "method_label", "read_mapping", "read_run"]

@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError
+from ..registry import consent_to_plugins, plugin_names
 from ..safefiles import atomic_write_text
 from .schema import Config, format_validation_error
 
@@ -147,8 +148,21 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None,
         data = _read_preset(preset)
         data.setdefault("preset", Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset)
     data = deep_merge(data, parse_overrides(list(overrides or [])))
-    config = build_config(data)
+    config = absolute_data_root(build_config(data))
     return apply_budget(config, budget) if budget is not None else config
+
+
+def absolute_data_root(cfg: Config) -> Config:
+    """``cfg`` with ``data.root`` made absolute (against the current folder).
+
+    Why: the run folder records it, and ``ulfine eval``, ``export``, ``predict`` and resume may run
+    from another folder; a relative root would then point elsewhere. (Plugin files are made
+    absolute by the schema itself.)
+    """
+    root = Path(cfg.data.root).expanduser()
+    if root.is_absolute():
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": Path(os.path.abspath(root))})})
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -162,14 +176,45 @@ def save_config(cfg: Config, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
-def load_saved_config(path: Path) -> Config:
-    """Read a config saved by :func:`save_config` (e.g. ``RUN_DIR/config.yaml``)."""
+def folder_plugins(value: Any, folder: Path, where: str) -> list[str]:
+    """The plugins a saved config names, a relative ``.py`` path taken relative to the run or
+    model ``folder`` when the file is there (a plugin shipped inside the folder), else to the
+    current folder (configs written before plugin paths were recorded absolute)."""
+    out = []
+    for name in plugin_names(value, where):
+        path = Path(name).expanduser()
+        if name.endswith(".py") and not path.is_absolute() and (folder / path).is_file():
+            name = str(folder / path)
+        out.append(name)
+    return out
+
+
+def read_saved_data(path: Path) -> dict[str, Any]:
+    """The mapping of a saved ``config.yaml``, or a one-line ConfigError saying it is damaged."""
     if not path.is_file():
         raise ConfigError(f"no saved config at {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigError(f"{path} is not a readable config ({type(exc).__name__}); the file is damaged") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} is not a readable config (not a mapping of keys to values)")
-    return build_config(data)
+    return data
+
+
+def saved_config_data(data: dict[str, Any], folder: Path, source: str, trust_plugins: bool) -> dict[str, Any]:
+    """A saved config's mapping with its plugins resolved and imported only with consent
+    (:func:`ulfine.registry.consent_to_plugins`), ready for :func:`build_config`."""
+    plugins = folder_plugins(data.get("plugins"), folder, source)
+    consent_to_plugins(plugins, source, trust_plugins)
+    return {**data, "plugins": plugins}
+
+
+def load_saved_config(path: Path, trust_plugins: bool = False) -> Config:
+    """Read a config saved by :func:`save_config` (e.g. ``RUN_DIR/config.yaml``).
+
+    The plugins it names are imported only when already loaded (the user named them) or with
+    ``trust_plugins=True`` (``--trust-plugins``): a run folder may come from someone else.
+    """
+    data = read_saved_data(path)
+    return build_config(saved_config_data(data, path.parent, str(path), trust_plugins))

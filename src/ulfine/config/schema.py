@@ -15,6 +15,7 @@ against their registries (``ulfine.registry``), which plugins extend.
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +30,19 @@ from ..registry import (
     PEFT_MODULES,
     load_builtins,
     load_plugin,
+    plugin_key,
+    plugin_names,
 )
+
+#: upper bounds of sizes that allocate memory or processes: a value above them validates as an
+#: integer but crashes (or swaps the machine) long after the start, so it is refused up front
+MAX_BATCH = 2**20
+MAX_WORKERS = 256
+MAX_IMAGE_SIDE = 4096
+MAX_ECE_BINS = 10_000
+MAX_SEED = 2**63 - 1
+#: default of ``data.max_image_pixels``: 64 megapixels (an RGB image of 64 MP decodes to 192 MB)
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 
 
 class Section(BaseModel):
@@ -40,6 +53,33 @@ class Section(BaseModel):
 
 # --------------------------------------------------------------------------------------- data
 UnlabeledOrder = Literal["consistent", "uniform", "reversed", "middle", "headtail"]
+
+
+#: RandAugment's ops (torchvision's table, in its order) and the named sets a recipe may choose for
+#: the strong view: ``hue_preserving`` drops the ops that move hue (Color, Solarize, AutoContrast,
+#: Equalize), for tasks whose classes are defined by colour (the micro world, traffic lights, stains)
+RANDAUGMENT_OPS: tuple[str, ...] = (
+    "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
+    "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
+)
+HUE_CHANGING_OPS: tuple[str, ...] = ("Color", "Solarize", "AutoContrast", "Equalize")
+STRONG_OP_SETS: dict[str, tuple[str, ...]] = {
+    "all": RANDAUGMENT_OPS,
+    "hue_preserving": tuple(op for op in RANDAUGMENT_OPS if op not in HUE_CHANGING_OPS),
+}
+
+
+def strong_ops(value: str | list[str]) -> tuple[str, ...]:
+    """The RandAugment ops of ``data.strong_ops`` (a named set or a list of op names), in
+    torchvision's order; unknown names fail, naming the choices."""
+    if isinstance(value, str):
+        if value not in STRONG_OP_SETS:
+            raise ValueError(f"unknown op set {value!r}; choose {', '.join(STRONG_OP_SETS)} or a list of ops")
+        return STRONG_OP_SETS[value]
+    unknown = sorted(set(value) - set(RANDAUGMENT_OPS))
+    if unknown or not value:
+        raise ValueError(f"unknown or no RandAugment ops {unknown}; choose from {', '.join(RANDAUGMENT_OPS)}")
+    return tuple(op for op in RANDAUGMENT_OPS if op in value)
 
 
 class DataConfig(Section):
@@ -80,14 +120,14 @@ class DataConfig(Section):
         0, ge=0, description="held-out balanced validation images per class, from the train set"
     )
     image_size: int | None = Field(
-        None, ge=8, description="native size images are stored/augmented at (file datasets); null: "
+        None, ge=8, le=MAX_IMAGE_SIDE, description="native size images are stored/augmented at (file datasets); null: "
         "the dataset's own, or the backbone's input size for a dataset without one (folder)"
     )
     test_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="folder without test/: fraction of every labeled class "
         "held out as the evaluation set"
     )
-    num_workers: int = Field(2, ge=0, description="data-loader worker processes")
+    num_workers: int = Field(2, ge=0, le=MAX_WORKERS, description="data-loader worker processes")
     augment_on: Literal["auto", "host", "device"] = Field(
         "auto",
         description="where the weak/strong views are made: host (loader workers), device (batched on "
@@ -101,10 +141,25 @@ class DataConfig(Section):
     class_names: list[str] | None = Field(
         None, description="override the dataset's class names (what CLIP reads)"
     )
+    strong_ops: str | list[str] = Field(
+        "all", description="RandAugment ops the strong view may draw: all, hue_preserving (no op that "
+        "moves hue: for colour-defined classes), or a list of torchvision op names"
+    )
+
+    @field_validator("strong_ops")
+    @classmethod
+    def _known_ops(cls, value: str | list[str]) -> str | list[str]:
+        strong_ops(value)
+        return value
     on_bad_image: Literal["fail", "skip"] = Field(
         "fail",
         description="an unreadable image file (truncated, not an image, unsupported mode): fail "
         "naming it, or skip it and list it in the run folder's skipped_images.json",
+    )
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS, ge=1, le=2**40,
+        description="largest image decoded, in pixels of RGB (width x height x channels / 3, read from "
+        "the file's header before decoding): a larger file is a bad image (data.on_bad_image)",
     )
 
 
@@ -130,9 +185,24 @@ class ModelConfig(Section):
         Path(".cache/ulfine/text"), description="cache for text prototypes; null disables"
     )
     image_size: int | None = Field(
-        None, ge=8, description="input side of a scratch backbone (null: the arch's own, 32 px); "
+        None, ge=8, le=MAX_IMAGE_SIDE, description="input side of a scratch backbone (null: the arch's own, 32 px); "
         "open_clip weights fix their own"
     )
+
+    @field_validator("templates")
+    @classmethod
+    def _one_slot(cls, templates: list[str]) -> list[str]:
+        """Each template holds exactly one ``{}`` (the class name) and no other field: ``{1}`` or
+        a second ``{}`` would raise inside the text tower's prompt building, long after the start."""
+        for template in templates:
+            try:
+                fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+            except ValueError:  # an unmatched brace
+                fields = []
+            if fields != [("", "", None)]:
+                raise ValueError(f"template {template!r} must hold exactly one {{}} (the class name) and no "
+                                 "other {field}; write a literal brace as {{ or }}")
+        return templates
 
 
 # ---------------------------------------------------------------------------------- methods
@@ -140,7 +210,7 @@ class SSLConfig(Section):
     """FixMatch-style semi-supervised options shared by every SSL method [B]."""
 
     tau: float = Field(0.7, ge=0.0, le=1.0, description="confidence threshold (0.7 for CLIP)")
-    mu: int = Field(1, ge=1, description="unlabeled batch = mu x labeled batch")
+    mu: int = Field(1, ge=1, le=1024, description="unlabeled batch = mu x labeled batch")
     lambda_u: float = Field(1.0, ge=0.0, description="weight of the unlabeled loss")
 
 
@@ -157,7 +227,7 @@ class OptimConfig(Section):
     schedule: Literal["cosine", "cosine_7_16", "constant"] = Field(
         "cosine", description="cosine to 0; cosine_7_16: lr*cos(7 pi t / 16T), FixMatch's; constant"
     )
-    grad_accum: int = Field(1, ge=1, description="gradient accumulation micro-steps")
+    grad_accum: int = Field(1, ge=1, le=MAX_BATCH, description="gradient accumulation micro-steps")
     clip_grad_norm: float | None = Field(None, gt=0.0)
 
 
@@ -169,7 +239,7 @@ class TrainConfig(Section):
 
     epochs: int = Field(30, ge=0)
     steps_per_epoch: int = Field(500, ge=1, description="iterations per epoch (infinite streams)")
-    batch_size: int = Field(32, ge=1, description="labeled batch (global, over all processes)")
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="labeled batch (global, over all processes)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 where supported (CUDA), else fp32"
     )
@@ -211,7 +281,7 @@ class EvalConfig(Section):
 
     every_epochs: int = Field(1, ge=1)
     last_k: int = Field(3, ge=1, description="report the mean of the last k evaluations too")
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH)
     group_rule: Literal["fraction", "count"] = Field(
         "fraction",
         description="fraction: classes ranked by labeled count, first head_fraction head, last "
@@ -221,7 +291,7 @@ class EvalConfig(Section):
     tail_fraction: float = Field(0.3, ge=0.0, le=1.0)
     head_min_count: int = Field(100, ge=0)
     tail_max_count: int = Field(20, ge=0)
-    ece_bins: int = Field(15, ge=1)
+    ece_bins: int = Field(15, ge=1, le=MAX_ECE_BINS)
     pseudo_label_max: int | None = Field(
         50000, ge=1, description="unlabeled images scored for pseudo-label diagnostics"
     )
@@ -315,8 +385,9 @@ class Config(Section):
     model_config = ConfigDict(extra="allow", validate_assignment=True, frozen=False)
 
     plugins: list[str] = Field(
-        [], description="modules (dotted names or .py files) imported first; they may register "
-        "methods, datasets, PEFT modules (see docs/extending.md)"
+        [], description="modules (dotted names or .py files, recorded as absolute paths) imported first; "
+        "they may register methods, datasets, PEFT modules (see docs/extending.md); a run or model "
+        "folder's plugins are imported only with --trust-plugins"
     )
     preset: str | None = Field(None, description="the preset this config came from")
     method: str = Field("fixmatch", description="method registry name")
@@ -325,10 +396,11 @@ class Config(Section):
     head: Literal["prototype", "linear"] = Field(
         "prototype",
         description="baselines' classifier: cosine head initialised from the text prototypes "
-        "(FineSSL/LIFT) or a zero-initialised linear head",
+        "(LIFT's, at the CLIP logit scale [R]) or a zero-initialised linear head",
     )
-    seed: int = Field(0, ge=0)
-    output_dir: Path | None = Field(None, description="run folder (default runs/<preset>-<method>-<time>)")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    output_dir: Path | None = Field(
+        None, description="run folder (default runs/<preset>-<method>-<finetune>-s<seed>-<time>-<suffix>, made afresh)")
     resume: bool = Field(False, description="continue the run in output_dir from its checkpoint")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -346,10 +418,11 @@ class Config(Section):
         if not isinstance(data, dict):
             return data
         load_builtins()
-        for plugin in data.get("plugins") or []:
-            load_plugin(str(plugin))
+        names = [plugin_key(n) for n in plugin_names(data.get("plugins"), "the config")]
+        for plugin in names:
+            load_plugin(plugin)
         sections = option_sections()
-        data = migrate_legacy(dict(data))
+        data = migrate_legacy({**data, "plugins": names})
         for key in [k for k in data if k not in cls.model_fields]:
             if key not in sections:
                 raise ConfigError(f"invalid config: unknown key {key!r}")

@@ -101,6 +101,7 @@ class ImageSet:
     images: np.ndarray | Sequence[Path]
     labels: np.ndarray
     image_size: int | None = None  # resize file images to this square size on load
+    max_pixels: int | None = None  # decode bound of file images (data.max_image_pixels; None: the default)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -109,7 +110,7 @@ class ImageSet:
         """Image ``index`` as uint8 (H, W, 3) RGB (files: any mode, see :mod:`ulfine.data.decode`)."""
         if isinstance(self.images, (np.ndarray, StoredArray)):
             return np.ascontiguousarray(self.images[index])
-        return decode_image(self.images[index], self.image_size)
+        return decode_image(self.images[index], self.image_size, self.max_pixels)
 
     def fingerprint(self) -> str:
         """What the pixels are: a hash of the bytes of an in-memory array, else of the files'
@@ -129,7 +130,7 @@ class ImageSet:
             images: np.ndarray | list[Path] = np.asarray(self.images[indices])
         else:
             images = [self.images[i] for i in indices]
-        return ImageSet(images, self.labels[indices], self.image_size)
+        return ImageSet(images, self.labels[indices], self.image_size, self.max_pixels)
 
 
 @dataclass

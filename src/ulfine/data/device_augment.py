@@ -48,18 +48,21 @@ def _draw_weak(g: torch.Generator, pad: int) -> tuple[int, int, bool]:
     return top, left, flip
 
 
-def _draw_ops(g: torch.Generator, size: int) -> tuple[list[int], list[bool]]:
+def _draw_ops(g: torch.Generator, size: int, allowed: tuple[str, ...]) -> tuple[list[int], list[bool]]:
+    """RandAugment's draws over the ``allowed`` ops (in the table's order, as the host's restricted
+    table); the op is stored as its index into the full :data:`OPS`."""
     ops, negate = [], []
     for _ in range(STRONG_NUM_OPS):
-        k = int(torch.randint(len(OPS), (), generator=g))
-        fn, signed = _RA._AUGMENTATION_SPACE[OPS[k]]
+        name = allowed[int(torch.randint(len(allowed), (), generator=g))]
+        fn, signed = _RA._AUGMENTATION_SPACE[name]
         neg = fn(_RA.num_magnitude_bins, size, size) is not None and signed and bool(torch.rand((), generator=g) <= 0.5)
-        ops.append(k)
+        ops.append(OPS.index(name))
         negate.append(neg)
     return ops, negate
 
 
-def draw_params(seeds: list[int], size: int, strong_views: int = 0) -> tuple[ViewParams, list[ViewParams]]:
+def draw_params(seeds: list[int], size: int, strong_views: int = 0,
+                allowed: tuple[str, ...] = OPS) -> tuple[ViewParams, list[ViewParams]]:
     """Per-sample draws of the weak view, then of ``strong_views`` strong views (unlabeled images),
     in the host path's order on generators seeded like the host path's."""
     pad = crop_padding(size)
@@ -69,7 +72,7 @@ def draw_params(seeds: list[int], size: int, strong_views: int = 0) -> tuple[Vie
         g = torch.Generator().manual_seed(seed)
         weak.append(_draw_weak(g, pad))
         for view in strong:
-            view.append((*_draw_weak(g, pad), *_draw_ops(g, size)))
+            view.append((*_draw_weak(g, pad), *_draw_ops(g, size, allowed)))
     as_params = lambda rows: ViewParams(*(torch.tensor(c) for c in zip(*rows)))
     return as_params(weak), [as_params(rows) for rows in strong]
 
@@ -111,8 +114,9 @@ class DeviceAugmenter:
     uint8) into the augmented batch the host path would have produced for the same step."""
 
     def __init__(self, seed: int, batch_size: int, mu: int, rank: int = 0, world_size: int = 1,
-                 augment_labeled: bool = True, strong_views: int = 1) -> None:
+                 augment_labeled: bool = True, strong_views: int = 1, strong_ops: tuple[str, ...] = OPS) -> None:
         self.seed, self.augment_labeled, self.strong_views = seed, augment_labeled, strong_views
+        self.strong_ops = strong_ops
         self.lo_l, _ = rank_range(batch_size, rank, world_size, "batch_size")
         self.lo_u, _ = rank_range(mu * batch_size, rank, world_size, "mu x batch_size")
 
@@ -127,7 +131,8 @@ class DeviceAugmenter:
         if batch.u_w is None:
             return Batch(x_l, batch.y_l, step=batch.step)
         raw = batch.u_w
-        weak, strong = draw_params(self._seeds(UNLABELED, batch.step, self.lo_u, len(raw)), size, self.strong_views)
+        seeds = self._seeds(UNLABELED, batch.step, self.lo_u, len(raw))
+        weak, strong = draw_params(seeds, size, self.strong_views, self.strong_ops)
         views = [randaugment(weak_views(raw, p), p) for p in strong]
         return Batch(x_l, batch.y_l, weak_views(raw, weak), views[0], batch.idx_u, batch.step,
                      views[1] if len(views) > 1 else None)

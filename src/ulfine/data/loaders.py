@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..batch import Batch
+from ..config.schema import RANDAUGMENT_OPS
 from ..errors import ConfigError
 from .base import ImageSet
 from .splits import SSLData
@@ -226,6 +227,7 @@ class StreamSpec:
     augment: bool = True
     strong_views: int = 1
     num_workers: int = 0
+    strong_ops: tuple[str, ...] = RANDAUGMENT_OPS  # the RandAugment ops the strong views draw from
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.mu < 1 or self.strong_views not in (1, 2):
@@ -248,7 +250,7 @@ def ssl_batches(data: SSLData, spec: StreamSpec, start_step: int = 0, rank: int 
     unl = data.unlabeled if spec.unlabeled else None
     sampler = _StepSampler(len(data.labeled), len(unl) if unl is not None else 0, spec.batch_size, spec.mu,
                            spec.seed, start_step, rank, world_size)
-    dataset = _SSLDataset(data.labeled, unl, build_views(data.native_size), spec, raw)
+    dataset = _SSLDataset(data.labeled, unl, build_views(data.native_size, spec.strong_ops), spec, raw)
     yield from _loader(dataset, sampler, spec.num_workers, _collate, True)
 
 

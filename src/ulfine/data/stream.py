@@ -42,7 +42,8 @@ def training_stream(data: SSLData, spec: StreamSpec, device: torch.device, augme
     either placement yields the same samples (docs/performance.md)."""
     on_device = views_on_device(augment_on, device)
     augmenter = (DeviceAugmenter(spec.seed, spec.batch_size, spec.mu, rank, world_size,
-                                 augment_labeled=spec.augment, strong_views=spec.strong_views)
+                                 augment_labeled=spec.augment, strong_views=spec.strong_views,
+                                 strong_ops=spec.strong_ops)
                  if on_device else None)
     return TrainingStream(ssl_batches(data, spec, start_step, rank, world_size, raw=on_device), augmenter)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms import v2
 
+from ..config.schema import RANDAUGMENT_OPS
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -38,9 +40,14 @@ def weak_view(size: int) -> Transform:
 STRONG_NUM_OPS, STRONG_MAGNITUDE = 2, 10  # FixMatch's RandAugment(n=2, m=10) [B]
 
 
-def strong_view(size: int, num_ops: int = STRONG_NUM_OPS, magnitude: int = STRONG_MAGNITUDE) -> Transform:
-    """Weak view followed by RandAugment(num_ops, magnitude) (FixMatch's strong view)."""
-    return v2.Compose([weak_view(size), v2.RandAugment(num_ops=num_ops, magnitude=magnitude)])
+def strong_view(size: int, num_ops: int = STRONG_NUM_OPS, magnitude: int = STRONG_MAGNITUDE,
+                ops: tuple[str, ...] = RANDAUGMENT_OPS) -> Transform:
+    """Weak view followed by RandAugment(num_ops, magnitude) (FixMatch's strong view), drawing its
+    ops only from ``ops`` (``data.strong_ops``; torchvision draws uniformly over its table)."""
+    randaugment = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+    if ops != RANDAUGMENT_OPS:  # the instance's own table: the same draw over the allowed ops
+        randaugment._AUGMENTATION_SPACE = {k: v for k, v in randaugment._AUGMENTATION_SPACE.items() if k in ops}
+    return v2.Compose([weak_view(size), randaugment])
 
 
 def test_view() -> Transform:
@@ -57,6 +64,6 @@ class Views:
     test: Transform
 
 
-def build_views(size: int) -> Views:
-    """Weak, strong and test views for images of side ``size``."""
-    return Views(weak_view(size), strong_view(size), test_view())
+def build_views(size: int, strong_ops: tuple[str, ...] = RANDAUGMENT_OPS) -> Views:
+    """Weak, strong (drawing from ``strong_ops``) and test views for images of side ``size``."""
+    return Views(weak_view(size), strong_view(size, ops=strong_ops), test_view())

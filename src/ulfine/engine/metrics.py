@@ -97,6 +97,17 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, k: int) -> list[l
     return flat.view(k, k).tolist()
 
 
+def geometric_mean_recall(per_class: Sequence[float | None]) -> float | None:
+    """(prod_c r_c)^(1/K) over the classes with test images: the figure ABC, DASO and CDMAD tabulate
+    beside accuracy; 0 as soon as one class is never recognised."""
+    defined = [r for r in per_class if r is not None]
+    if not defined:
+        return None
+    if min(defined) <= 0.0:
+        return 0.0
+    return float(np.exp(np.mean(np.log(defined))))
+
+
 def classification_metrics(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -129,6 +140,7 @@ def classification_metrics(
         "num_images": int(target.numel()),
         "overall_acc": _ratio(float(correct.sum()), float(target.numel())),
         "balanced_acc": float(np.mean(defined)) if defined else None,
+        "geometric_mean_recall": geometric_mean_recall(per_class),
         "group_acc": group_acc,
         "group_rule": rule,
         "per_class_acc": per_class,
@@ -237,6 +249,7 @@ __all__ = [
     "confidence_histogram",
     "confusion_matrix",
     "expected_calibration_error",
+    "geometric_mean_recall",
     "mean_of_last",
     "pseudo_label_metrics",
     "reliability_bins",

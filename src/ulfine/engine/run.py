@@ -4,14 +4,17 @@ whole (assembly, optimisation, resume, reporter) and run it."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from torch import nn
 
 from ..config import Config
 from ..methods import METHODS
+from ..validation import damaged
 from .assemble import RunParts, assemble_run, trainable_parameter_count
-from .checkpoint import CHECKPOINT_DIR, load_checkpoint
+from .checkpoint import CHECKPOINT_DIR, check_loop_state, check_optimizer_state, load_checkpoint, start_over_hint
 from .evaluation import build_eval_sets
 from .optim import Optimization, build_optimization
 from .reporting import Reporter, attach_file_log, check_trackers
@@ -24,23 +27,44 @@ from .trainer import StepModule, Trainer
 log = logging.getLogger("ulfine.engine")
 
 
-def resume_state(run_dir: Path, method: nn.Module, opt: Optimization, rt: Runtime) -> TrainState:
+def resume_state(run_dir: Path, method: nn.Module, opt: Optimization, rt: Runtime,
+                 max_step: int | None = None) -> TrainState:
     """Load weights, optimiser, schedule, scaler and EMA from checkpoint/ and return its
-    :class:`TrainState` (RNG states restored)."""
-    saved, ema_state, folder = load_checkpoint(run_dir, method)
-    opt.optimizer.load_state_dict(saved["optimizer"])
-    opt.scheduler.load_state_dict(saved["scheduler"])
+    :class:`TrainState` (RNG states restored); the state is checked first (its step at most
+    ``max_step``, the run's budget), and a part that does not fit is one line naming it."""
+    saved, ema_state, folder = load_checkpoint(run_dir, method, max_step)
+    source, fix = folder / "state.json", start_over_hint(run_dir)
+    check_loop_state(saved, source, fix)
+    check_optimizer_state(saved["optimizer"], opt.optimizer, source, fix)
+    with _damaged_part(source, "optimizer", fix):
+        opt.optimizer.load_state_dict(saved["optimizer"])
+    with _damaged_part(source, "scheduler", fix):
+        opt.scheduler.load_state_dict(saved["scheduler"])
     state = TrainState.from_dict(saved)
-    set_rng_state(state.rng)
+    with _damaged_part(source, "rng", fix):
+        set_rng_state(state.rng)
     if opt.ema is not None and ema_state is not None:
-        opt.ema.load_state_dict(ema_state)
+        with _damaged_part(folder / "ema.safetensors", "the EMA tensors", fix):
+            opt.ema.load_state_dict(ema_state)
     if "scaler" in saved and rt.accelerator.scaler is not None:
-        rt.accelerator.scaler.load_state_dict(saved["scaler"])
+        with _damaged_part(source, "scaler", fix):
+            rt.accelerator.scaler.load_state_dict(saved["scaler"])
     log.info("resumed from %s/ (step %d)", folder.name, state.step)
     if folder.name != CHECKPOINT_DIR:
         log.warning("%s/ was incomplete or older (the last save was interrupted); resumed from %s/",
                     CHECKPOINT_DIR, folder.name)
     return state
+
+
+@contextmanager
+def _damaged_part(source: Path, part: str, fix: str) -> Iterator[None]:
+    """A part of the checkpoint that torch refuses (a tampered RNG or scheduler state) becomes one
+    line naming it, not a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise damaged(source, part, f"does not fit this run ({type(exc).__name__}: {reason})", fix) from None
 
 
 def _log_params(parts: RunParts, n_trainable: int) -> None:
@@ -71,7 +95,7 @@ def build_trainer(cfg: Config, rt: Runtime, run_dir: Path, report: bool = True) 
     if trains:
         opt = build_optimization(parts.method, cfg, budget.total)
         if cfg.resume:
-            state = resume_state(run_dir, parts.method, opt, rt)
+            state = resume_state(run_dir, parts.method, opt, rt, budget.total)
         model, opt.optimizer = rt.accelerator.prepare(StepModule(parts.method), opt.optimizer)
     reporter = Reporter(run_dir, rt.is_main and report, cfg.train.progress and report, budget.stop, state.step, cfg)
     return Trainer(parts, rt, run_dir, reporter, budget, state, sets, opt, model)

@@ -69,6 +69,7 @@ def compact(entry: dict[str, Any]) -> dict[str, Any]:
     """What the history keeps of an evaluation (for last_k_mean and val selection)."""
     keep = ("step", "overall_acc", "balanced_acc", "group_acc", "ece")
     out = {k: entry[k] for k in keep}
+    out["geometric_mean_recall"] = entry.get("geometric_mean_recall")  # older checkpoints lack it
     if entry.get("val"):
         out["val_overall_acc"] = entry["val"]["overall_acc"]
     return out

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..batch import Batch
+from ..config.schema import strong_ops
 from ..data import StreamSpec, TrainingStream, training_stream
 from ..methods import Method, StepOutput
 from .assemble import RunParts
@@ -84,7 +85,8 @@ class Trainer:
                                                          cfg.seed, self.state.step, rt.rank, rt.world_size), None)
             return self.stream
         spec = StreamSpec(cfg.train.batch_size, cfg.ssl.mu, cfg.seed, self.method.uses_unlabeled,
-                          cfg.data.augment, self.method.strong_views, cfg.data.num_workers)
+                          cfg.data.augment, self.method.strong_views, cfg.data.num_workers,
+                          strong_ops(cfg.data.strong_ops))
         self.stream = training_stream(parts.data, spec, rt.device, cfg.data.augment_on, self.state.step,
                                       rt.rank, rt.world_size)
         return self.stream

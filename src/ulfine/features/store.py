@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..safefiles import atomic_write_text, create_temporary
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +26,18 @@ def entry_paths(cache_dir: Path, digest: str) -> tuple[Path, Path]:
     return cache_dir / f"{digest}.npy", cache_dir / f"{digest}.json"
 
 
-def _atomic_target(path: Path, suffix: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+def _atomic_target(path: Path) -> Path:
+    """A new temporary file next to ``path``, created exclusively with the umask's mode
+    (:func:`ulfine.safefiles.create_temporary`: ``mkstemp`` would make a shared cache 0600)."""
+    fd, tmp = create_temporary(path)
     os.close(fd)
-    return Path(tmp)
+    return tmp
 
 
 def open_writer(path: Path, shape: tuple[int, int], dtype: str = "float32") -> tuple[np.memmap, Path]:
     """A writable memory-mapped ``.npy`` at a temporary path next to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_target(path, ".npy.tmp")
+    tmp = _atomic_target(path)
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=shape)
     return arr, tmp
 
@@ -44,9 +47,7 @@ def commit(arr: np.memmap, tmp: Path, path: Path, sidecar: Path, meta: Mapping[s
     arr.flush()
     del arr
     os.replace(tmp, path)
-    side_tmp = _atomic_target(sidecar, ".json.tmp")
-    side_tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(side_tmp, sidecar)
+    atomic_write_text(sidecar, json.dumps(meta, indent=2, sort_keys=True))
 
 
 def discard(tmp: Path) -> None:

@@ -4,7 +4,23 @@ Importing this package registers every built-in method.
 """
 
 from ..batch import Batch
-from . import acr, finessl, fixmatch, fixmatch_la, fixmatch_la_smooth, loft, supervised, ulfine, zeroshot  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    abc,
+    acr,
+    cdmad,
+    cpe,
+    daso,
+    debiaspl,
+    finessl,
+    fixmatch,
+    fixmatch_la,
+    fixmatch_la_smooth,
+    loft,
+    simpro,
+    supervised,
+    ulfine,
+    zeroshot,
+)
 from .acr import ACROptions
 from .base import (
     METHODS,

@@ -1,20 +1,31 @@
 """``supervised``: labeled cross-entropy only; also the classifier shared by the SSL baselines.
 
 The classifier is chosen by the top-level ``head`` key: ``prototype`` (a cosine head initialised
-from the text prototypes and scaled by the backbone's CLIP logit scale, as in FineSSL/LIFT [B]) or
+from the text prototypes, as LIFT's; scaled by the backbone's CLIP logit scale, 100 for OpenAI
+weights, which is our choice [R]: FineSSL learns a scale from 1/0.07, LIFT and LoFT fix 25, and a
+confidence threshold selects different samples at each scale; docs/method.md section 2) or
 ``linear`` (a zero-initialised linear layer on the image features).
+
+``supervised.loss=la`` trains with the logit-adjusted loss, CE(z + tau_la * log(pi), y) with pi the
+labeled prior, as LIFT and LIFT+ run their supervised baseline [B] (LIFT's ``LA_Loss``; the same
+loss LoFT, a LIFT fork, uses as its labeled loss, checked against LoFT's code in
+tests/golden/test_loft.py); predictions stay the raw z (the balanced scores).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..batch import Batch
+from ..config import Section
 from ..errors import ConfigError
 from ..models.heads import LinearHead, PrototypeHead
 from .base import METHODS, Method, MethodContext, MethodOptions, StepOutput
-from .losses import cross_entropy
+from .losses import cross_entropy, logit_adjusted
 
 
 def build_head(kind: str, ctx: MethodContext) -> nn.Module:
@@ -29,9 +40,16 @@ def build_head(kind: str, ctx: MethodContext) -> nn.Module:
     raise ValueError(f"unknown head {kind!r}")
 
 
-@METHODS.register("supervised")
+class SupervisedOptions(Section):
+    """supervised: plain or logit-adjusted cross-entropy (LIFT's supervised baseline)."""
+
+    loss: Literal["ce", "la"] = Field("ce", description="ce: plain; la: CE(z + tau_la log pi, y) as LIFT [B]")
+    tau_la: float = Field(1.0, ge=0.0, description="scale of log(pi) when loss=la (LIFT: 1)")
+
+
+@METHODS.register("supervised", options=SupervisedOptions)
 class Supervised(Method):
-    """L = CE(z(x), y) on the labeled batch; unlabeled data is never loaded."""
+    """L = CE(z(x), y) (or its logit-adjusted form) on the labeled batch; unlabeled data is never loaded."""
 
     uses_unlabeled = False
 
@@ -53,9 +71,15 @@ class Supervised(Method):
         """Logits behind test predictions and pseudo-labels (subclasses may adjust them)."""
         return logits
 
+    def supervised_loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """CE(z, y), or CE(z + tau_la * log(pi), y) with ``supervised.loss=la``."""
+        if isinstance(self.opts, SupervisedOptions) and self.opts.loss == "la":
+            return cross_entropy(logit_adjusted(z, self.ctx.labeled_prior, self.opts.tau_la), y)
+        return cross_entropy(z, y)
+
     def training_step(self, batch: Batch) -> StepOutput:
         z = self.logits(self.features(batch.x_l))
-        loss = cross_entropy(z, batch.y_l)
+        loss = self.supervised_loss(z, batch.y_l)
         acc = (z.detach().argmax(-1) == batch.y_l).float().mean()
         return StepOutput(loss, {"loss_s": loss.detach(), "acc_l": acc})
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from ..errors import ConfigError
 from ..models.archs import MICRO_ARCH, register_archs
 from ..models.preprocess import DeviceNormalizer
 from ..schedule import lr_factor
+from ..statefiles import atomic_save_tensors
 from .task import CLASS_NAMES, NUM_CLASSES, TEST_PER_CLASS, held_out_classes, task_arrays
 from .world import sample_pretrain_batch
 from .zeroshot import as_uint8_nchw, micro_normalizer, per_class_accuracy, zero_shot_predict
@@ -146,7 +146,7 @@ def save_micro_clip(model: torch.nn.Module, path: Path, fp16: bool = True) -> No
         value = value.detach().cpu()
         state[name] = (value.half() if fp16 and value.is_floating_point() else value).contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"arch": "ulfine-micro-vit", "format": "open_clip"})
+    atomic_save_tensors(state, path, metadata={"arch": "ulfine-micro-vit", "format": "open_clip"})  # mode 0644
 
 
 def _train_contrastive(

@@ -12,18 +12,21 @@ un-registered and is moved to the image tower's device the first time text is en
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import open_clip
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from ..config.schema import ModelConfig
 from ..errors import ConfigError, WeightsError
 from ..registry import BACKBONES
 from .archs import arch_preprocess, normalise_arch, register_archs
+from .attention_layout import contiguous_attention_inputs
 from .preprocess import PreprocessConfig
 from .weights import WeightSource, resolve_weights
 
@@ -57,6 +60,7 @@ class CLIPBackbone(nn.Module):
         super().__init__()
         clip.requires_grad_(False)  # nothing trains until apply_finetune says so
         self.visual = clip.visual
+        contiguous_attention_inputs(self.visual)  # the fast attention-input layout (issue 26)
         object.__setattr__(self, "_clip", clip)  # deliberately not a submodule (see module doc)
         self.arch = arch
         self.weights_id = weights_id
@@ -108,6 +112,11 @@ class CLIPBackbone(nn.Module):
         return torch.cat(out) if out else torch.empty(0, self.embed_dim, device=device)
 
 
+#: what a weights file that is not one raises inside open_clip's loader (``/etc/passwd`` read by
+#: ``torch.load(weights_only=True)`` raises IndexError; a cut-short safetensors, SafetensorError)
+_WEIGHTS_FILE_ERRORS = (IndexError, EOFError, pickle.UnpicklingError, SafetensorError)
+
+
 def _create(source: WeightSource, arch: str, cache_dir: Path | None, device: str | torch.device) -> nn.Module:
     """open_clip.create_model with the tag's preprocessing and activation applied."""
     force_pp = {**arch_preprocess(arch), **source.tag_cfg} or None
@@ -125,7 +134,7 @@ def _create(source: WeightSource, arch: str, cache_dir: Path | None, device: str
             with torch.device("meta"):
                 return open_clip.create_model(source.model_name, **kwargs)
         return open_clip.create_model(source.model_name, **kwargs)
-    except (RuntimeError, ValueError, KeyError, OSError) as e:
+    except (RuntimeError, ValueError, KeyError, OSError, *_WEIGHTS_FILE_ERRORS) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:300]
         raise WeightsError(
             f"could not build model.arch={arch} from {source.describe()}: {first} "

@@ -32,7 +32,8 @@ def cosine_logits(features: torch.Tensor, prototypes: torch.Tensor, logit_scale:
 
 
 class PrototypeHead(nn.Module):
-    """Cosine classifier ``s * normalise(f) @ normalise(C)^T`` (FineSSL/LIFT, ULFine's branch).
+    """Cosine classifier ``s * normalise(f) @ normalise(C)^T`` at a fixed scale (LIFT/LoFT: 25;
+    ULFine's branch and the baselines' ``head=prototype``: CLIP's logit scale [R]).
 
     ``prototypes`` (K,D), e.g. text prototypes, become a Parameter when ``learnable`` and a
     buffer otherwise; ``logit_scale`` is the fixed temperature ``s`` (CLIP's exp(logit_scale)).

@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ..statefiles import atomic_save_tensors
 from .backbone import CLIPBackbone
 from .fingerprint import weights_fingerprint
 
@@ -43,6 +43,24 @@ def prototype_cache_key(backbone: CLIPBackbone, class_names: Sequence[str], temp
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def _cached_prototypes(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
+    """A cache entry's prototypes, or None (recompute) when it is absent or damaged: unreadable,
+    cut short, of another shape, or not finite. Why not trust it: a kill or a full disk of an
+    older version, or another process, may have left it torn; recomputing costs one text pass."""
+    if not path.is_file():
+        return None
+    try:
+        protos = load_file(str(path))["prototypes"]
+    except Exception as exc:  # SafetensorError, OSError, KeyError: any damage means recompute
+        log.warning("text prototype cache %s is damaged (%s); recomputing it", path, type(exc).__name__)
+        return None
+    if tuple(protos.shape) != shape or not protos.is_floating_point() or not bool(protos.isfinite().all()):
+        log.warning("text prototype cache %s holds %s %s, not %s finite numbers; recomputing it", path,
+                    tuple(protos.shape), protos.dtype, shape)
+        return None
+    return protos
+
+
 def text_prototypes(
     backbone: CLIPBackbone,
     class_names: Sequence[str],
@@ -58,17 +76,16 @@ def text_prototypes(
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"{prototype_cache_key(backbone, class_names, templates)}.safetensors"
-        if path.is_file():
+        cached = _cached_prototypes(path, (len(class_names), int(backbone.embed_dim)))
+        if cached is not None:
             log.info("text prototypes from cache %s", path)
-            return load_file(str(path))["prototypes"].to(device)
+            return cached.to(device)
     with torch.no_grad():
         texts = [p for name in class_names for p in prompts_for(name, templates)]
         feats = backbone.encode_text(texts).float().view(len(class_names), len(templates), -1)
         protos = F.normalize(F.normalize(feats, dim=-1).mean(dim=1), dim=-1)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         meta = {"arch": backbone.arch, "classes": json.dumps(list(class_names))}
-        save_file({"prototypes": protos.detach().cpu().contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        atomic_save_tensors({"prototypes": protos}, path, metadata=meta)  # readable by others, link-proof
     return protos.to(device)

@@ -25,10 +25,21 @@ def missing(dataset: str, what: str, looked: Sequence[Path], how: str) -> DataEr
     return DataError(f"{dataset}: {what} not found (looked in {where}); {how}")
 
 
+def is_hidden(path: Path, below: Path) -> bool:
+    """Whether ``path`` or a folder between ``below`` and it starts with a dot.
+
+    Why: ``.ipynb_checkpoints/``, ``.DS_Store`` and macOS's ``._photo.png`` (resource forks with an
+    image suffix, not images) sit in real folders; read as data they become a class or stop the
+    run. ``ulfine predict`` skips them the same way.
+    """
+    return any(part.startswith(".") for part in path.relative_to(below).parts)
+
+
 def list_images(folder: Path, recursive: bool = True) -> list[Path]:
-    """Image files under ``folder`` in a stable (sorted) order."""
+    """Image files under ``folder`` in a stable (sorted) order, hidden files and folders left out."""
     pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.glob(pattern)
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p, folder) and p.is_file())
 
 
 def torchvision_download(dataset: str, fn, root: Path) -> None:  # noqa: ANN001

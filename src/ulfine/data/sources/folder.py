@@ -37,7 +37,7 @@ from ...config import DataConfig
 from ...errors import DataError
 from ..base import DATASETS, UNKNOWN_LABEL, DatasetSpec, ImageSet, SourceData
 from ..decode import scan_images
-from ._common import IMAGE_SUFFIXES, list_images
+from ._common import IMAGE_SUFFIXES, is_hidden, list_images
 
 log = logging.getLogger("ulfine.data")
 
@@ -84,11 +84,11 @@ def _utf8_name(folder: Path) -> str:
 
 def _folder_rows(folder: Path) -> Rows:
     rows: Rows = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         name = _utf8_name(sub)
         images = list_images(sub)
         if not images:
-            others = [p.name for p in sub.rglob("*") if p.is_file()]
+            others = [p.name for p in sub.rglob("*") if p.is_file() and not is_hidden(p, sub)]
             found = f" (it holds {len(others)} other file(s), e.g. {others[0]})" if others else ""
             raise DataError(f"folder: class folder {sub} holds no image files{found}; add images "
                             f"({' '.join(sorted(IMAGE_SUFFIXES))}) or remove the folder")
@@ -137,7 +137,7 @@ def _label(label: str, index: dict[str, int], k: int) -> int | None:
     return None
 
 
-def _to_set(rows: Rows, names: list[str], role: str, size: int) -> ImageSet:
+def _to_set(rows: Rows, names: list[str], role: str, size: int, max_pixels: int | None = None) -> ImageSet:
     index = {name: k for k, name in enumerate(names)}
     labels = np.full(len(rows), UNKNOWN_LABEL, dtype=np.int64)
     unknown: dict[str, list[Path]] = {}
@@ -152,7 +152,7 @@ def _to_set(rows: Rows, names: list[str], role: str, size: int) -> ImageSet:
         raise DataError(f"folder: {role} class {label!r} ({len(paths)} image(s), e.g. {paths[0]}) is not one "
                         f"of the {len(names)} labeled classes ({', '.join(names[:5])}, ...); add labeled "
                         "images of it, list it in classes.txt, or remove it from the " + role + " set")
-    return ImageSet([p for p, _ in rows], labels, size)
+    return ImageSet([p for p, _ in rows], labels, size, max_pixels)
 
 
 def hold_out(rows: list[tuple[Path, str | None]], fraction: float) -> tuple[list, list]:
@@ -172,7 +172,7 @@ def hold_out(rows: list[tuple[Path, str | None]], fraction: float) -> tuple[list
 def _screen(roles: dict[str, Rows], cfg: DataConfig) -> tuple[dict[str, Rows], list[dict[str, str]]]:
     """Decode every file once; fail on unreadable ones or leave them out (``data.on_bad_image``)."""
     paths = list(dict.fromkeys(p for rows in roles.values() for p, _ in rows))
-    bad = scan_images(paths, "folder images")
+    bad = scan_images(paths, "folder images", cfg.max_image_pixels)
     if not bad:
         return roles, []
     if cfg.on_bad_image == "fail":
@@ -184,7 +184,20 @@ def _screen(roles: dict[str, Rows], cfg: DataConfig) -> tuple[dict[str, Rows], l
                for role, rows in roles.items() for p, _ in rows if p in bad]
     log.warning("folder: left out %d unreadable image file(s) under %s (data.on_bad_image=skip), e.g. %s",
                 len(skipped), cfg.root, skipped[0]["path"])
-    return {role: [r for r in rows if r[0] not in bad] for role, rows in roles.items()}, skipped
+    kept = {role: [r for r in rows if r[0] not in bad] for role, rows in roles.items()}
+    for role in ("labeled", "test"):
+        _check_not_emptied(roles.get(role) or [], kept.get(role) or [], role, cfg)
+    return kept, skipped
+
+
+def _check_not_emptied(before: Rows, after: Rows, role: str, cfg: DataConfig) -> None:
+    """A class that had images of ``role`` and lost them all to ``data.on_bad_image=skip`` fails,
+    naming the class. Why: training on a class without labeled images, or reporting a class's
+    accuracy on no test image, is silently wrong (a NaN or a 0 in the table)."""
+    lost = sorted({label for _, label in before} - {label for _, label in after}, key=str)
+    if lost:
+        raise DataError(f"folder: every {role} image of class {lost[0]!r} under {cfg.root} is unreadable and "
+                        f"data.on_bad_image=skip left the class with none; replace the files or remove the class")
 
 
 def read_folder(cfg: DataConfig) -> SourceData:
@@ -209,7 +222,7 @@ def read_folder(cfg: DataConfig) -> SourceData:
         log.info("folder: no test/ in %s; %d labeled images (data.test_fraction=%g per class) held out "
                  "as the evaluation set", root, len(listed["test"]), cfg.test_fraction)
     kept, skipped = _screen(listed, cfg)
-    sets = {role: _to_set(rows, names, role, size) for role, rows in kept.items()}
+    sets = {role: _to_set(rows, names, role, size, cfg.max_image_pixels) for role, rows in kept.items()}
     return SourceData("folder", names, sets["labeled"], sets["test"], sets.get("unlabeled"), size,
                       skipped=skipped)
 
