@@ -1,5 +1,4 @@
-"""Stand-ins the golden generators (``make_usb.py``, ``make_daso.py``, ``make_acr.py``,
-``make_loft.py``) share around a peer's executed code.
+"""Stand-ins the golden generators (``scripts/golden/make_*.py``) share around a peer's executed code.
 
 Why a module of its own: the peers' training loops keep their intermediate values (pseudo-labels,
 masks, every loss term) in local variables, expect a GPU, an older PyTorch or libraries this
@@ -7,7 +6,10 @@ project does not install (yacs, sklearn, timm, open_clip). The pieces here let t
 function run unchanged on the CPU and read what it computed, without copying any of its code:
 
 - :class:`CfgNode` is a small stand-in for ``yacs.config.CfgNode`` (DASO's and LoFT's configs);
-- :func:`caller_locals` reads the local variables of the peer function that called a spy;
+- :func:`caller_locals` and :func:`frame_locals` read the local variables of a running peer function;
+- :class:`Bar`, :class:`UnlabeledViews` and :func:`in_process_loaders` stand in for what the
+  MixMatch-style loops (ABC, CDMAD) import; :class:`USBArgs` and :func:`stub_usb_hooks` for USB's
+  (and its forks') argument namespace and training hooks;
 - :func:`legacy_torch` restores, for the length of a run, what the peers' PyTorch allowed
   (``DataLoader`` iterators with ``.next()``, ``detach_()`` on a view) and maps their
   unconditional ``.cuda()`` / ``.to('cuda')`` calls to the CPU;
@@ -21,15 +23,19 @@ import ast
 import atexit
 import contextlib
 import copy
+import importlib
 import json
 import shutil
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from peer import PeerCheckout, checkout, stub_module
+from torch.utils.data import DataLoader, Dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "golden" / "fixtures"
@@ -43,6 +49,15 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--peer-repo", type=Path, required=True, help="clone of the peer's repository")
     parser.add_argument("--out", type=Path, default=FIXTURES, help="folder for <name>.safetensors/.json")
     return parser.parse_args()
+
+
+def open_peer(description: str, name: str, paths: list[str]) -> tuple[argparse.Namespace, PeerCheckout]:
+    """The command line (:func:`parse_args`) and peer ``name``'s ``paths`` checked out from its
+    ``--peer-repo`` (:func:`peer.checkout`), removed when the generator exits."""
+    args = parse_args(description)
+    peer = checkout(name, args.peer_repo, paths)
+    remove_at_exit(peer.root)
+    return args, peer
 
 
 def command(script: str) -> str:
@@ -119,6 +134,18 @@ def caller_locals(depth: int = 2) -> dict[str, Any]:
     return dict(sys._getframe(depth).f_locals)
 
 
+def frame_locals(function: str) -> dict[str, Any]:
+    """The local variables of the innermost running call of the peer's ``function`` (how many
+    frames lie in between, ``nn.Module.__call__`` or PyTorch's wrapper of ``Optimizer.step``,
+    depends on the PyTorch version)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_name != function:
+        frame = frame.f_back
+    if frame is None:
+        raise RuntimeError(f"golden generator: no running {function}()")
+    return dict(frame.f_locals)
+
+
 def snapshot(values: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """Detached copies of the tensors (and plain values) ``names`` among ``values``."""
     out: dict[str, Any] = {}
@@ -126,6 +153,72 @@ def snapshot(values: dict[str, Any], names: list[str]) -> dict[str, Any]:
         value = values[name]
         out[name] = value.detach().clone() if isinstance(value, torch.Tensor) else value
     return out
+
+
+def stack_steps(steps: list[dict[str, Any]], skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Each recorded value (but ``skip``) stacked over the steps: (steps, ...)."""
+    return {k: torch.stack([torch.as_tensor(s[k]) for s in steps]) for k in steps[0] if k not in skip}
+
+
+# ------------------------------------------------------------------------------ peers' libraries
+class Bar:
+    """Stand-in for ``progress.bar.Bar`` (the attributes ABC's and CDMAD's loops touch)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.suffix, self.elapsed_td, self.eta_td = "", 0, 0
+
+    def next(self) -> None:
+        """One step done."""
+
+    def finish(self) -> None:
+        """The loop is done."""
+
+
+class UnlabeledViews(Dataset):
+    """((weak, strong, strong), unknown label -1, index): what ABC's and CDMAD's unlabeled
+    loaders yield, from the rows of ``d[u_w]``, ``d[u_s]`` and ``d[u_s2]``."""
+
+    def __init__(self, d: dict[str, torch.Tensor]) -> None:
+        self.d = d
+
+    def __len__(self) -> int:
+        return len(self.d["u_w"])
+
+    def __getitem__(self, i: int) -> tuple[tuple[torch.Tensor, ...], int, int]:
+        return (self.d["u_w"][i], self.d["u_s"][i], self.d["u_s2"][i]), -1, i
+
+
+def in_process_loaders() -> types.SimpleNamespace:
+    """A stand-in for ``torch.utils.data`` whose ``DataLoader`` loads in the main process
+    (the peers ask for worker processes)."""
+    return types.SimpleNamespace(DataLoader=lambda *a, **kw: DataLoader(*a, **{**kw, "num_workers": 0}))
+
+
+class USBArgs(argparse.Namespace):
+    """USB's argument namespace; options the step never reads are None."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return None
+
+
+#: the sklearn metrics USB's ``algorithmbase.py`` imports
+USB_METRICS = ("accuracy_score", "balanced_accuracy_score", "precision_score", "recall_score", "f1_score",
+               "confusion_matrix", "top_k_accuracy_score")
+
+
+def stub_usb_hooks(**metrics: Any) -> None:
+    """Register ``sklearn.metrics`` (``metrics`` given, the others stubs that fail) and USB's
+    ``semilearn.core.hooks`` with its training hooks (checkpoints, logging, EMA, ...) as empty
+    ``Hook`` subclasses: ``AlgorithmBase`` registers them, a ``train_step`` never calls them."""
+    stub_module("sklearn.metrics", **{n: metrics.get(n, unused(n)) for n in USB_METRICS})
+    hook = importlib.import_module("semilearn.core.hooks.hook")
+    priority = importlib.import_module("semilearn.core.hooks.priority")
+    training_hooks = {n: type(n, (hook.Hook,), {}) for n in (
+        "CheckpointHook", "TimerHook", "LoggingHook", "DistSamplerSeedHook", "ParamUpdateHook",
+        "EvaluationHook", "EMAHook", "WANDBHook", "AimHook")}
+    stub_module("semilearn.core.hooks", Hook=hook.Hook, get_priority=priority.get_priority, **training_hooks)
 
 
 # ------------------------------------------------------------------------------ legacy PyTorch

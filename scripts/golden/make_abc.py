@@ -31,15 +31,15 @@ import importlib
 import os
 import sys
 import tempfile
-import types
 from pathlib import Path
 from typing import Any
 
+import fakes
 import torch
-from fakes import caller_locals, command, legacy_torch, parse_args, remove_at_exit, snapshot, write_fixture
-from peer import checkout, provenance, stub_module
+from fakes import caller_locals, command, legacy_torch, open_peer, remove_at_exit, snapshot, stack_steps, write_fixture
+from peer import provenance, stub_module
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 NAME = "abc"
 SUB = "ABCcode0920"
@@ -81,19 +81,6 @@ class FeatureNet(nn.Module):
         return self
 
 
-class Bar:
-    """Stand-in for ``progress.bar.Bar`` (the attributes ABC's loops touch)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.suffix, self.elapsed_td, self.eta_td = "", 0, 0
-
-    def next(self) -> None:
-        """One step done."""
-
-    def finish(self) -> None:
-        """The loop is done."""
-
-
 def data(seed: int = 0) -> dict[str, torch.Tensor]:
     """The two heads, the unlabeled set (three views) and a test set; features of varied norm so
     that both heads' weak confidences fall on both sides of ABC's 0.95."""
@@ -108,19 +95,6 @@ def data(seed: int = 0) -> dict[str, torch.Tensor]:
             "x_test": features(N_TEST), "y_test": torch.arange(N_TEST) % K, "labeled_pool": features(200)}
 
 
-class Unlabeled(Dataset):
-    """((weak, strong, strong), unknown label, index): what ABC's unlabeled loader yields."""
-
-    def __init__(self, d: dict[str, torch.Tensor]) -> None:
-        self.d = d
-
-    def __len__(self) -> int:
-        return N_U
-
-    def __getitem__(self, i: int) -> tuple[tuple[torch.Tensor, ...], int, int]:
-        return (self.d["u_w"][i], self.d["u_s"][i], self.d["u_s2"][i]), -1, i
-
-
 def stub_abc(d: dict[str, Any]) -> None:
     """The datasets, the network and the packages ABC imports but the check never uses."""
 
@@ -130,12 +104,12 @@ def stub_abc(d: dict[str, Any]) -> None:
         d["labeled_counts"] = counts
         x = d["labeled_pool"][: len(y)]
         test = TensorDataset(d["x_test"], d["y_test"], torch.arange(N_TEST))
-        return TensorDataset(x, y, torch.arange(len(y))), Unlabeled(d), test
+        return TensorDataset(x, y, torch.arange(len(y))), fakes.UnlabeledViews(d), test
 
     stub_module("dataset.fix_cifar10", get_cifar10=get_cifar10)
     stub_module("wideresnetwithABC", WideResNet=lambda num_classes: FeatureNet(d))
     stub_module("scipy.optimize")
-    stub_module("progress.bar", Bar=Bar)
+    stub_module("progress.bar", Bar=fakes.Bar)
 
 
 def resume_checkpoint(d: dict[str, Any], folder: Path) -> Path:
@@ -181,7 +155,7 @@ def run(d: dict[str, Any], peer_root: Path) -> tuple[list[dict[str, Any]], dict[
         return real_accuracy(output, target, topk)
 
     # ABC's loaders with 4 worker processes, here in the main process
-    abcfix.data = types.SimpleNamespace(DataLoader=lambda *a, **kw: DataLoader(*a, **{**kw, "num_workers": 0}))
+    abcfix.data = fakes.in_process_loaders()
     torch.bernoulli, abcfix.WeightEMA.step, abcfix.accuracy = bernoulli, ema_step, accuracy
     try:
         with legacy_torch(cpu_for_cuda=True, loader_next=True):
@@ -192,16 +166,14 @@ def run(d: dict[str, Any], peer_root: Path) -> tuple[list[dict[str, Any]], dict[
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    peer = checkout("abc", args.peer_repo, PATHS)
-    remove_at_exit(peer.root)
+    args, peer = open_peer(__doc__.splitlines()[0], "abc", PATHS)
     os.environ.setdefault("MPLBACKEND", "Agg")  # utils/logger.py imports matplotlib.pyplot
     d: dict[str, Any] = data()
     stub_abc(d)
     steps, evaluation = run(d, peer.root)
     assert all(s["draws_in_step"] == 2 for s in steps), "ABC draws two Bernoulli masks per step"
 
-    stacked = {k: torch.stack([torch.as_tensor(s[k]) for s in steps]) for k in steps[0] if k != "draws_in_step"}
+    stacked = stack_steps(steps, skip=("draws_in_step",))
     stacked["label_u"] = stacked["label_u"].argmax(-1)  # ABC's one-hot of the balanced weak argmax
     tensors = {**{k: d[k] for k in ("fc.weight", "fc.bias", "fc2.weight", "fc2.bias")}, **stacked,
                **evaluation, "labeled_counts": d["labeled_counts"]}

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fakes import caller_locals, command, legacy_torch, parse_args, remove_at_exit, snapshot, write_fixture
-from peer import checkout, provenance, stub_module
+from fakes import caller_locals, command, legacy_torch, open_peer, remove_at_exit, snapshot, stack_steps, write_fixture
+from peer import provenance, stub_module
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -156,9 +156,7 @@ def clean(steps: list[dict[str, Any]]) -> bool:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    peer = checkout("acr", args.peer_repo, PATHS)
-    remove_at_exit(peer.root)
+    args, peer = open_peer(__doc__.splitlines()[0], "acr", PATHS)
     os.environ.setdefault("MPLBACKEND", "Agg")  # utils/logger.py imports matplotlib.pyplot
     d = data()
     stub_acr(d)
@@ -171,7 +169,7 @@ def main() -> None:
     else:
         raise SystemExit("no --seed gave steps without a repeated confident class")
 
-    stacked = {k: torch.stack([torch.as_tensor(s[k]) for s in steps]) for k in steps[0]}
+    stacked = stack_steps(steps)
     tensors = {**{k: d[k] for k in ("fc.weight", "fc.bias", "fc1.weight", "fc1.bias")}, **stacked,
                "py_con": acr_args.py_con, "py_uni": acr_args.py_uni, "py_rev": acr_args.py_rev}
     meta = provenance(peer, command("make_acr.py"), seed=seed, argv=ARGV + ["--seed", str(seed)], options={

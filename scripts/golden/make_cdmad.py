@@ -30,16 +30,16 @@ import importlib
 import os
 import sys
 import tempfile
-import types
 from pathlib import Path
 from typing import Any
 
+import fakes
 import torch
 import torch.nn.functional as F
-from fakes import caller_locals, command, legacy_torch, parse_args, remove_at_exit, snapshot, write_fixture
-from peer import checkout, provenance, stub_module
+from fakes import caller_locals, command, legacy_torch, open_peer, remove_at_exit, snapshot, stack_steps, write_fixture
+from peer import provenance, stub_module
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 NAME = "cdmad"
 PATHS = ["fixmatchcdmad.py", "utils/__init__.py", "utils/misc.py", "utils/logger.py", "utils/eval.py"]
@@ -74,19 +74,6 @@ class SolidNet(nn.Module):
         return self
 
 
-class Bar:
-    """Stand-in for ``progress.bar.Bar`` (the attributes CDMAD's loops touch)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.suffix, self.elapsed_td, self.eta_td = "", 0, 0
-
-    def next(self) -> None:
-        """One step done."""
-
-    def finish(self) -> None:
-        """The loop is done."""
-
-
 def data(seed: int = 0) -> dict[str, torch.Tensor]:
     """The network's weights (a classifier with a clear bias, so debiasing moves pseudo-labels),
     the unlabeled set (three views), a labeled pool and a test set."""
@@ -102,19 +89,6 @@ def data(seed: int = 0) -> dict[str, torch.Tensor]:
             "x_test": images(N_TEST), "y_test": torch.arange(N_TEST) % K}
 
 
-class Unlabeled(Dataset):
-    """((weak, strong, strong), unknown label, index): what CDMAD's unlabeled loader yields."""
-
-    def __init__(self, d: dict[str, torch.Tensor]) -> None:
-        self.d = d
-
-    def __len__(self) -> int:
-        return N_U
-
-    def __getitem__(self, i: int) -> tuple[tuple[torch.Tensor, ...], int, int]:
-        return (self.d["u_w"][i], self.d["u_s"][i], self.d["u_s2"][i]), -1, i
-
-
 def stub_cdmad(d: dict[str, Any]) -> None:
     """The datasets, the network and the packages CDMAD imports but the check never uses."""
 
@@ -124,12 +98,12 @@ def stub_cdmad(d: dict[str, Any]) -> None:
         y = torch.repeat_interleave(torch.arange(K), counts)
         d["labeled_counts"] = counts
         test = TensorDataset(d["x_test"], d["y_test"], torch.arange(N_TEST))
-        return TensorDataset(d["labeled_pool"][: len(y)], y, torch.arange(len(y))), Unlabeled(d), test
+        return TensorDataset(d["labeled_pool"][: len(y)], y, torch.arange(len(y))), fakes.UnlabeledViews(d), test
 
     stub_module("dataset.fix_cifar10", get_cifar10=get_cifar10)
     stub_module("wrn", WRN=lambda width, num_classes: SolidNet(d))
     stub_module("scipy.optimize")
-    stub_module("progress.bar", Bar=Bar)
+    stub_module("progress.bar", Bar=fakes.Bar)
 
 
 def run(d: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
@@ -153,7 +127,7 @@ def run(d: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor
         return real_accuracy(output, target, topk)
 
     # CDMAD's loaders with 4 worker processes, here in the main process
-    cdmad.data = types.SimpleNamespace(DataLoader=lambda *a, **kw: DataLoader(*a, **{**kw, "num_workers": 0}))
+    cdmad.data = fakes.in_process_loaders()
     cdmad.WeightEMA.step, cdmad.accuracy = ema_step, accuracy
     try:
         with legacy_torch(cpu_for_cuda=True, loader_next=True):
@@ -164,15 +138,13 @@ def run(d: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    peer = checkout("cdmad", args.peer_repo, PATHS)
-    remove_at_exit(peer.root)
+    args, peer = open_peer(__doc__.splitlines()[0], "cdmad", PATHS)
     os.environ.setdefault("MPLBACKEND", "Agg")  # utils/logger.py imports matplotlib.pyplot
     d: dict[str, Any] = data()
     stub_cdmad(d)
     steps, evaluation = run(d)
 
-    stacked = {k: torch.stack([torch.as_tensor(s[k]) for s in steps]) for k in steps[0] if k != "white"}
+    stacked = stack_steps(steps, skip=("white",))
     white = steps[0]["white"]
     assert all(torch.equal(s["white"], white) for s in steps)
     tensors = {**{k: v for k, v in d.items() if k.startswith("net.")}, **stacked,

@@ -25,16 +25,16 @@ writes tests/golden/fixtures/cpe.{safetensors,json}.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 from pathlib import Path
 from typing import Any
 
+import fakes
 import numpy as np
 import torch
 import yaml
-from fakes import caller_locals, command, legacy_torch, parse_args, remove_at_exit, snapshot, unused, write_fixture
-from peer import checkout, provenance, stub_module
+from fakes import USBArgs, caller_locals, command, legacy_torch, open_peer, snapshot, stub_usb_hooks, write_fixture
+from peer import USB_CORE, provenance, stub_module
 from torch import nn
 
 NAME = "cpe"
@@ -44,20 +44,7 @@ PATHS = [
     "semilearn/algorithms/fixmatchdebug/fixmatchdebug.py",
     "semilearn/nets/wrn/wrn_cbn.py",
     "semilearn/nets/utils.py",
-    "semilearn/core/algorithmbase.py",
-    "semilearn/core/criterions/__init__.py",
-    "semilearn/core/criterions/cross_entropy.py",
-    "semilearn/core/criterions/consistency.py",
-    "semilearn/core/hooks/hook.py",
-    "semilearn/core/hooks/priority.py",
-    "semilearn/core/utils/registry.py",
-    "semilearn/algorithms/hooks/__init__.py",
-    "semilearn/algorithms/hooks/masking.py",
-    "semilearn/algorithms/hooks/pseudo_label.py",
-    "semilearn/algorithms/hooks/dist_align.py",
-    "semilearn/algorithms/utils/__init__.py",
-    "semilearn/algorithms/utils/misc.py",
-    "semilearn/algorithms/utils/ops.py",
+    *USB_CORE,
     CONFIG,
 ]
 K, C, H, W = 6, 64, 1, 2  # classes; channels of a widen-1 WRN; feature map size
@@ -66,15 +53,6 @@ B_L, STEPS = 3, 3  # labeled batch (the unlabeled one is uratio x B_L); steps = 
 STEP_VALUES = ["sup_loss1", "sup_loss2", "sup_loss3", "unsup_loss1", "unsup_loss2", "unsup_loss3",
                "mask1", "mask2", "mask3", "pseudo_label1", "pseudo_label2", "pseudo_label3",
                "probs_x_ulb_w1", "probs_x_ulb_w2", "probs_x_ulb_w3", "total_loss"]
-
-
-class Args(argparse.Namespace):
-    """USB's argument namespace; options the step never reads are None."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return None
 
 
 def nan_scores(y_true: list[int], y_pred: list[int], average: Any = None, zero_division: Any = None) -> np.ndarray:
@@ -94,15 +72,7 @@ class LabeledSet:
 
 def stub_semilearn() -> None:
     """Register what the executed files import besides the code the step runs."""
-    metrics = {n: unused(n) for n in ("accuracy_score", "balanced_accuracy_score", "f1_score",
-                                      "confusion_matrix", "top_k_accuracy_score")}
-    stub_module("sklearn.metrics", precision_score=nan_scores, recall_score=nan_scores, **metrics)
-    hook = importlib.import_module("semilearn.core.hooks.hook")
-    priority = importlib.import_module("semilearn.core.hooks.priority")
-    training_hooks = {n: type(n, (hook.Hook,), {}) for n in (
-        "CheckpointHook", "TimerHook", "LoggingHook", "DistSamplerSeedHook", "ParamUpdateHook",
-        "EvaluationHook", "EMAHook", "WANDBHook", "AimHook")}
-    stub_module("semilearn.core.hooks", Hook=hook.Hook, get_priority=priority.get_priority, **training_hooks)
+    stub_usb_hooks(precision_score=nan_scores, recall_score=nan_scores)
     registry = importlib.import_module("semilearn.core.utils.registry")
     stub_module("semilearn.core.utils", ALGORITHMS=registry.ALGORITHMS, IMB_ALGORITHMS=registry.IMB_ALGORITHMS,
                 get_dataset=lambda *a, **k: {"train_lb": LabeledSet(), "train_ulb": [0] * 64, "eval": None,
@@ -200,16 +170,14 @@ def varied(records: list[dict[str, Any]]) -> bool:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    peer = checkout("cpe", args.peer_repo, PATHS)
-    remove_at_exit(peer.root)
+    args, peer = open_peer(__doc__.splitlines()[0], "cpe", PATHS)
     stub_semilearn()
     cpe = importlib.import_module("semilearn.imb_algorithms.cpe.cpe")
     fixmatchdebug = importlib.import_module("semilearn.algorithms.fixmatchdebug.fixmatchdebug")
     wrn_cbn = importlib.import_module("semilearn.nets.wrn.wrn_cbn")
 
     options = yaml.safe_load((Path(peer.root) / CONFIG).read_text())
-    peer_args = Args(**options)
+    peer_args = USBArgs(**options)
     for argument in [*cpe.CPE.get_argument(), *fixmatchdebug.FixMatchDebug.get_argument()]:
         key = argument.name.lstrip("-")
         if getattr(peer_args, key) is None:  # argparse's default: not in the config
@@ -233,8 +201,7 @@ def main() -> None:
     tensors: dict[str, torch.Tensor] = {**params, "p_hat_lb": algorithm.p_hat_lb.float()}
     for key in ("x_lb", "y_lb", "x_ulb_w", "x_ulb_s"):  # not y_ulb: only CPE's logging reads it
         tensors[key] = torch.stack([x[key] for x in steps])
-    for key in records[0]:
-        tensors[key] = torch.stack([torch.as_tensor(r[key]) for r in records])
+    tensors.update(fakes.stack_steps(records))
     for name in ("BNH", "BNM", "BNT"):
         bn = modules(algorithm)[name]
         tensors[f"{name}.running_mean"], tensors[f"{name}.running_var"] = bn.running_mean, bn.running_var

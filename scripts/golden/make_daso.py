@@ -30,13 +30,12 @@ from fakes import (
     caller_locals,
     command,
     legacy_torch,
-    parse_args,
-    remove_at_exit,
+    open_peer,
     snapshot,
     unused,
     write_fixture,
 )
-from peer import checkout, provenance, stub_module
+from peer import DASO_BASES, DASO_LOSSES, provenance, stub_module
 from torch import nn
 
 NAME = "daso_fixmatch_la"
@@ -44,17 +43,8 @@ CONFIG = "configs/cifar10/fixmatch.yaml"
 OPTS = ["ALGORITHM.LOGIT_ADJUST.APPLY", "True"]  # FixMatch+LA: the labeled loss on z + tau log p_data
 PATHS = [
     "lib/algorithm/fixmatch.py",
-    "lib/algorithm/base_ssl_algorithm.py",
-    "lib/algorithm/base_algorithm.py",
-    "lib/engine/base_trainer.py",
-    "lib/models/losses/__init__.py",
-    "lib/models/losses/accuracy.py",
-    "lib/models/losses/build.py",
-    "lib/models/losses/cross_entropy.py",
-    "lib/models/losses/ldam_loss.py",
-    "lib/models/losses/mse_loss.py",
-    "lib/models/losses/tmi_loss.py",
-    "lib/models/losses/utils.py",
+    *DASO_BASES,
+    *DASO_LOSSES,
     "lib/utils/meters.py",
     "lib/dataset/utils.py",
     "lib/config/defaults.py",
@@ -135,9 +125,7 @@ def stub_daso(batches: dict[str, tuple[Any, ...]]) -> None:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    peer = checkout("daso", args.peer_repo, PATHS)
-    remove_at_exit(peer.root)
+    args, peer = open_peer(__doc__.splitlines()[0], "daso", PATHS)
     stub_module("yacs.config", CfgNode=CfgNode)
     cfg = importlib.import_module("lib.config.defaults")._C.clone()
     cfg.merge_from_file(Path(peer.root) / CONFIG)

@@ -25,7 +25,6 @@ writes tests/golden/fixtures/daso_method.{safetensors,json}.
 from __future__ import annotations
 
 import importlib
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,37 +34,29 @@ from fakes import (
     CfgNode,
     caller_locals,
     command,
+    frame_locals,
     legacy_torch,
-    parse_args,
+    open_peer,
     remove_at_exit,
     snapshot,
     unused,
     write_fixture,
 )
-from peer import checkout, provenance, stub_module
+from peer import DASO_BASES, DASO_LOSSES, provenance, stub_module
 from torch import nn
 
 NAME = "daso_method"
 CONFIG = "configs/cifar10/fixmatch_daso.yaml"
 PATHS = [
     "lib/algorithm/daso.py",
-    "lib/algorithm/base_ssl_algorithm.py",
-    "lib/algorithm/base_algorithm.py",
-    "lib/engine/base_trainer.py",
+    *DASO_BASES,
     "lib/models/daso_model.py",
     "lib/models/semi_model.py",
     "lib/models/classifier.py",
     "lib/models/feature_queue.py",
     "lib/models/ema_model.py",
     "lib/models/heads/rotation_head.py",
-    "lib/models/losses/__init__.py",
-    "lib/models/losses/accuracy.py",
-    "lib/models/losses/build.py",
-    "lib/models/losses/cross_entropy.py",
-    "lib/models/losses/ldam_loss.py",
-    "lib/models/losses/mse_loss.py",
-    "lib/models/losses/tmi_loss.py",
-    "lib/models/losses/utils.py",
+    *DASO_LOSSES,
     "lib/utils/meters.py",
     "lib/utils/dist_logger.py",
     "lib/dataset/utils.py",
@@ -155,17 +146,6 @@ def stub_daso(loaders: dict[str, Loader]) -> Any:
     return importlib.import_module("lib.algorithm.daso").DASO
 
 
-def frame_locals(function: str) -> dict[str, Any]:
-    """The local variables of the innermost running call of the peer's ``function`` (how many
-    frames ``nn.Module.__call__`` puts in between depends on the PyTorch version)."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_name != function:
-        frame = frame.f_back
-    if frame is None:
-        raise RuntimeError(f"golden generator: no running {function}()")
-    return dict(frame.f_locals)
-
-
 class UnlabeledLossSpy(nn.Module):
     """DASO's unlabeled loss, recording ``forward_train``'s locals when it is called."""
 
@@ -236,9 +216,7 @@ def interesting(t: dict[str, Any]) -> bool:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    peer = checkout("daso", args.peer_repo, PATHS)
-    remove_at_exit(peer.root)
+    args, peer = open_peer(__doc__.splitlines()[0], "daso", PATHS)
     out_dir = remove_at_exit(Path(tempfile.mkdtemp(prefix="golden-daso-run-")))
     stub_module("yacs.config", CfgNode=CfgNode)
     cfg = importlib.import_module("lib.config.defaults")._C.clone()

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.machinery
-import sys
 from typing import Any
 
 import torch
-from fakes import command, legacy_torch, parse_args, remove_at_exit, snapshot, unused, write_fixture
-from peer import checkout, provenance, stub_module
+from fakes import command, frame_locals, legacy_torch, open_peer, snapshot, stack_steps, unused, write_fixture
+from peer import provenance, stub_module
 from torch import nn
 
 NAME = "debiaspl"
@@ -72,17 +71,6 @@ class Loader:
 class Writer:
     def add_scalar(self, *args: Any, **kwargs: Any) -> None:
         pass
-
-
-def frame_locals(function: str) -> dict[str, Any]:
-    """The local variables of the innermost running call of the peer's ``function`` (PyTorch wraps
-    ``Optimizer.step``, so the number of frames in between depends on its version)."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_name != function:
-        frame = frame.f_back
-    if frame is None:
-        raise RuntimeError(f"golden generator: no running {function}()")
-    return dict(frame.f_locals)
 
 
 class SpySGD(torch.optim.SGD):
@@ -138,7 +126,7 @@ def run(main: Any, args: Any, x: dict[str, torch.Tensor]) -> dict[str, torch.Ten
         qhat0 = main.initial_qhat(class_num=K)
         qhat = main.train(loader_x, loader_u, model, optimizer, 0, args, qhat0.clone(), Writer())
     assert len(record) == STEPS
-    out = {name: torch.stack([torch.as_tensor(r[name]) for r in record]) for name in STEP_VALUES}
+    out = stack_steps(record)
     out["qhat"] = out["qhat"].squeeze(1)  # (1, K) per step in the peer
     out["qhat_before"] = torch.cat([qhat0, out["qhat"][:-1]])
     assert torch.equal(out["qhat"][-1], qhat.squeeze(0))
@@ -155,9 +143,7 @@ def interesting(t: dict[str, torch.Tensor]) -> bool:
 
 
 def main() -> None:
-    cli = parse_args(__doc__.splitlines()[0])
-    peer = checkout("debiaspl", cli.peer_repo, PATHS)
-    remove_at_exit(peer.root)
+    cli, peer = open_peer(__doc__.splitlines()[0], "debiaspl", PATHS)
     stub_debiaspl()
     debiaspl = importlib.import_module("main_DebiasPL")
     args = debiaspl.parser.parse_args(ARGV)

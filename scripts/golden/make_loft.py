@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from fakes import CfgNode, caller_locals, command, parse_args, remove_at_exit, snapshot, unused, write_fixture
-from peer import checkout, provenance, stub_module
+from fakes import CfgNode, caller_locals, command, open_peer, snapshot, unused, write_fixture
+from peer import provenance, stub_module
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -214,9 +214,7 @@ def spread(steps: list[dict[str, Any]]) -> bool:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    peer = checkout("loft", args.peer_repo, PATHS)
-    remove_at_exit(peer.root)
+    args, peer = open_peer(__doc__.splitlines()[0], "loft", PATHS)
     importlib.import_module("torchvision")  # before the stubs: torch._dynamo looks up sklearn's spec
     stub_loft()
     classifiers = importlib.import_module("models.classifiers")

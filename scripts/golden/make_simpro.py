@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fakes import caller_locals, command, legacy_torch, parse_args, remove_at_exit, snapshot, write_fixture
-from peer import checkout, provenance, stub_module
+from fakes import caller_locals, command, legacy_torch, open_peer, remove_at_exit, snapshot, stack_steps, write_fixture
+from peer import provenance, stub_module
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -184,9 +184,7 @@ def varied(steps: list[dict[str, Any]]) -> bool:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    peer = checkout("simpro", args.peer_repo, PATHS)
-    remove_at_exit(peer.root)
+    args, peer = open_peer(__doc__.splitlines()[0], "simpro", PATHS)
     sys.path.insert(0, str(peer.root / "SimPro"))  # train.py imports dataset, models, utils
     os.environ.setdefault("MPLBACKEND", "Agg")  # utils/logger.py imports matplotlib.pyplot
     for seed in range(100):
@@ -201,7 +199,7 @@ def main() -> None:
     else:
         raise SystemExit("no data seed gave steps with both confident and unconfident samples")
 
-    stacked = {k: torch.stack([torch.as_tensor(s[k]) for s in steps]) for k in steps[0]}
+    stacked = stack_steps(steps)
     tensors = {"fc.weight": d["fc.weight"], "fc.bias": d["fc.bias"], **stacked,
                "final_estimated_dis": simpro_args.estimated_dis, "final_adapt_dis": simpro_args.adapt_dis,
                "py_l": simpro_args.py_l}

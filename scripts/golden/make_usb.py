@@ -15,48 +15,25 @@ writes tests/golden/fixtures/usb_fixmatch.{safetensors,json}.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from fakes import caller_locals, command, parse_args, remove_at_exit, snapshot, unused, write_fixture
-from peer import checkout, provenance, stub_module
+from fakes import USBArgs, caller_locals, command, open_peer, snapshot, stub_usb_hooks, unused, write_fixture
+from peer import USB_CORE, provenance, stub_module
 from torch import nn
 
 NAME = "usb_fixmatch"
 CONFIG = "config/classic_cv/fixmatch/fixmatch_cifar10_40_0.yaml"
 PATHS = [
-    "semilearn/core/algorithmbase.py",
-    "semilearn/core/criterions/__init__.py",
-    "semilearn/core/criterions/cross_entropy.py",
-    "semilearn/core/criterions/consistency.py",
-    "semilearn/core/hooks/hook.py",
-    "semilearn/core/hooks/priority.py",
-    "semilearn/core/utils/registry.py",
-    "semilearn/algorithms/hooks/__init__.py",
-    "semilearn/algorithms/hooks/masking.py",
-    "semilearn/algorithms/hooks/pseudo_label.py",
-    "semilearn/algorithms/hooks/dist_align.py",
-    "semilearn/algorithms/utils/__init__.py",
-    "semilearn/algorithms/utils/misc.py",
-    "semilearn/algorithms/utils/ops.py",
+    *USB_CORE,
     "semilearn/algorithms/fixmatch/fixmatch.py",
     CONFIG,
 ]
 K, B_L, B_U = 10, 8, 16  # classes, labeled and unlabeled batch
 PERTURBED_TAU = 0.9  # the test's "can fail" threshold: some confidences must lie in [0.9, p_cutoff)
-
-
-class Args(argparse.Namespace):
-    """USB's argument namespace; options the step never reads are None."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return None
 
 
 class IdentityNet(nn.Module):
@@ -68,15 +45,7 @@ class IdentityNet(nn.Module):
 
 def stub_usb() -> None:
     """Register what ``algorithmbase.py`` imports besides the loss and hook code the step runs."""
-    stub_module("sklearn.metrics", **{n: unused(n) for n in (
-        "accuracy_score", "balanced_accuracy_score", "precision_score", "recall_score", "f1_score",
-        "confusion_matrix", "top_k_accuracy_score")})
-    hook = importlib.import_module("semilearn.core.hooks.hook")
-    priority = importlib.import_module("semilearn.core.hooks.priority")
-    training_hooks = {n: type(n, (hook.Hook,), {}) for n in (
-        "CheckpointHook", "TimerHook", "LoggingHook", "DistSamplerSeedHook", "ParamUpdateHook",
-        "EvaluationHook", "EMAHook", "WANDBHook", "AimHook")}
-    stub_module("semilearn.core.hooks", Hook=hook.Hook, get_priority=priority.get_priority, **training_hooks)
+    stub_usb_hooks()
     registry = importlib.import_module("semilearn.core.utils.registry")
     stub_module("semilearn.core.utils", ALGORITHMS=registry.ALGORITHMS,
                 get_dataset=lambda *a, **k: None,  # no dataset: AlgorithmBase builds no loaders
@@ -103,14 +72,12 @@ def inputs(seed: int, p_cutoff: float) -> dict[str, torch.Tensor]:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    peer = checkout("usb", args.peer_repo, PATHS)
-    remove_at_exit(peer.root)
+    args, peer = open_peer(__doc__.splitlines()[0], "usb", PATHS)
     stub_usb()
     fixmatch = importlib.import_module("semilearn.algorithms.fixmatch.fixmatch")
 
     options = yaml.safe_load((Path(peer.root) / CONFIG).read_text())
-    usb_args = Args(**options)
+    usb_args = USBArgs(**options)
     usb_args.gpu, usb_args.distributed, usb_args.num_classes = None, False, K
     algorithm = fixmatch.FixMatch(usb_args, net_builder=lambda **kw: IdentityNet())
 

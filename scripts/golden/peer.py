@@ -32,6 +32,36 @@ PINNED: dict[str, tuple[str, str]] = {
     "debiaspl": ("frank-xwang/debiased-pseudo-labeling", "3d68ccb"),
 }
 
+#: the files of USB's core that ``AlgorithmBase`` and a ``train_step`` run (USB's and its fork CPE-LTSSL's)
+USB_CORE = [
+    "semilearn/core/algorithmbase.py",
+    "semilearn/core/criterions/__init__.py",
+    "semilearn/core/criterions/cross_entropy.py",
+    "semilearn/core/criterions/consistency.py",
+    "semilearn/core/hooks/hook.py",
+    "semilearn/core/hooks/priority.py",
+    "semilearn/core/utils/registry.py",
+    "semilearn/algorithms/hooks/__init__.py",
+    "semilearn/algorithms/hooks/masking.py",
+    "semilearn/algorithms/hooks/pseudo_label.py",
+    "semilearn/algorithms/hooks/dist_align.py",
+    "semilearn/algorithms/utils/__init__.py",
+    "semilearn/algorithms/utils/misc.py",
+    "semilearn/algorithms/utils/ops.py",
+]
+#: DASO's algorithm and trainer bases, and its loss package (built from the config)
+DASO_BASES = ["lib/algorithm/base_ssl_algorithm.py", "lib/algorithm/base_algorithm.py", "lib/engine/base_trainer.py"]
+DASO_LOSSES = [
+    "lib/models/losses/__init__.py",
+    "lib/models/losses/accuracy.py",
+    "lib/models/losses/build.py",
+    "lib/models/losses/cross_entropy.py",
+    "lib/models/losses/ldam_loss.py",
+    "lib/models/losses/mse_loss.py",
+    "lib/models/losses/tmi_loss.py",
+    "lib/models/losses/utils.py",
+]
+
 
 @dataclass
 class PeerCheckout:

@@ -135,3 +135,23 @@ def test_best_test_accuracy_over_training_is_labelled_and_never_the_headline():
     best = record["best_test_over_training"]
     assert (best["overall_acc"], best["step"], best["geometric_mean_recall"]) == (0.7, 20, 0.5)
     assert best["note"] == BEST_ON_TEST_NOTE and "selected on the test set" in best["note"]
+
+
+def test_the_data_wait_hint_needs_a_steady_state_wait():
+    """The 'waited for data' line appears only above 10% of step time over at least 20 steps (a
+    few-step run's first batch is not a steady-state wait), and names the right fix."""
+    from ulfine.engine.meter import DATA_WAIT_MIN_STEPS, StepMeter
+
+    few = StepMeter()
+    for _ in range(DATA_WAIT_MIN_STEPS - 1):
+        few.add_time(8, wait_s=0.5, step_s=1.0)
+    assert few.waiting_hint(0, views_on_device=False) is None
+    many = StepMeter()
+    for _ in range(DATA_WAIT_MIN_STEPS):
+        many.add_time(8, wait_s=0.5, step_s=1.0)
+    assert "50%" in many.waiting_hint(2, views_on_device=False) and "augment_on=device" in many.waiting_hint(2, False)
+    assert "augment_on" not in many.waiting_hint(2, views_on_device=True)
+    quiet = StepMeter()
+    for _ in range(DATA_WAIT_MIN_STEPS):
+        quiet.add_time(8, wait_s=0.05, step_s=1.0)
+    assert quiet.waiting_hint(2, views_on_device=False) is None

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from by_hand import argmax, ce, softmax
 
 from ulfine.config import load_config
 from ulfine.methods import METHODS, Batch, MethodContext
@@ -29,22 +30,8 @@ U_S2 = [[0.0, 1.0, 1.0], [2.0, 0.0, 0.0]]
 T = 0.7  # confidence threshold (ssl.tau)
 
 
-def softmax(z):
-    m = max(z)
-    e = [math.exp(v - m) for v in z]
-    return [v / sum(e) for v in e]
-
-
-def ce(z, y):
-    return math.log(sum(math.exp(v) for v in z)) - z[y]
-
-
 def shift(z, scale):  # z + scale * log pi
     return [v + scale * lp for v, lp in zip(z, LOG_PI)]
-
-
-def argmax(z):
-    return max(range(len(z)), key=lambda k: z[k])
 
 
 def make(*overrides: str, steps_per_epoch: int = 1, from_labeled=None):

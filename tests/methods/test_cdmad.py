@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from by_hand import softmax
 from safetensors.torch import load_file
 from torch import nn
 
@@ -49,12 +50,6 @@ class MeanColour(nn.Module):
 def images(colours: list[list[float]]) -> torch.Tensor:
     """(B, 3, 2, 2) images of constant colour."""
     return torch.tensor(colours)[:, :, None, None].expand(-1, -1, 2, 2).clone()
-
-
-def softmax(z):
-    m = max(z)
-    e = [math.exp(v - m) for v in z]
-    return [v / sum(e) for v in e]
 
 
 def h_eps(z, q):  # CDMAD's -sum q log(softmax(z) + 1e-8)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from by_hand import SummingPeer as TwoProcesses
 from safetensors.torch import load_file
 from torch import nn
 
@@ -29,19 +30,6 @@ from test_train import small_test_set  # noqa: F401  (autouse fixture: 40 test i
 from tiny import initial_weights, moved, tiny_config
 
 K, COUNTS, N_U = 6, [20, 12, 7, 4, 2, 1], 20
-
-
-class TwoProcesses:
-    """all_reduce_sum of a simulated 2-process run: the other rank's tensor is given beforehand."""
-
-    def __init__(self) -> None:
-        self.other: torch.Tensor | None = None
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return t + self.other
-
-    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
-        raise AssertionError("cpe only sums")
 
 
 def make(*overrides: str, backbone: nn.Module | None = None, dim: int = K, collectives=None) -> CPE:

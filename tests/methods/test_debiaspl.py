@@ -14,6 +14,8 @@ import math
 
 import pytest
 import torch
+from by_hand import SummingPeer as TwoProcesses
+from by_hand import ce, softmax
 from safetensors.torch import load_file
 
 from ulfine.batch import Batch
@@ -33,26 +35,6 @@ TAU, M, T = 0.5, 0.8, 0.6  # debiasing strength, q^ momentum, threshold
 X_L, Y_L = [[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [0, 2]
 U_W = [[3.0, 0.0, 0.0], [2.0, 1.95, 0.0], [0.0, 0.0, 0.5]]
 U_S = [[1.0, 2.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
-
-
-class TwoProcesses:
-    def __init__(self) -> None:
-        self.other: torch.Tensor | None = None
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return t + self.other
-
-    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
-        raise AssertionError("debiaspl gathers nothing")
-
-
-def softmax(z):
-    e = [math.exp(v - max(z)) for v in z]
-    return [v / sum(e) for v in e]
-
-
-def ce(z, y):
-    return math.log(sum(math.exp(v) for v in z)) - z[y]
 
 
 def make(*overrides: str, collectives=None) -> DebiasPL:

@@ -12,7 +12,7 @@ from ulfine.engine.meter import step_logs
 from ulfine.errors import ConfigError
 from ulfine.methods import METHODS, Batch, MethodContext
 from ulfine.methods.loft import confidence_regimes
-from ulfine.methods.losses import masked_consistency, pseudo_label, smoothed_targets
+from ulfine.methods.losses import masked_consistency, moved_distribution, pseudo_label, smoothed_targets
 from ulfine.models import CachedFeatures
 
 K = 3
@@ -108,6 +108,9 @@ def test_helpers():
     z = torch.tensor([[0.0, 0.0]])
     assert masked_consistency(z, torch.tensor([0]), torch.tensor([0.0])).item() == 0.0
     assert masked_consistency(z, torch.tensor([0]), torch.tensor([1.0])).item() == pytest.approx(math.log(2))
+    est, counts = torch.tensor([[0.5, 0.5], [0.5, 0.5]]), torch.tensor([[3.0, 1.0], [0.0, 0.0]])
+    moved = moved_distribution(est, counts, counts.sum(dim=1, keepdim=True), 0.5)
+    assert moved.tolist() == [[0.625, 0.375], [0.5, 0.5]]  # an empty row stays put
 
 
 # LoFT: three unlabeled samples, one per confidence regime at ssl.tau=0.6, loft.tau_ood=0.4

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from by_hand import SummingPeer as TwoProcesses
 from safetensors.torch import load_file
 
 from ulfine.batch import Batch
@@ -29,19 +30,6 @@ from tiny import initial_weights, moved, tiny_config
 
 K, COUNTS, N_U = 3, [6, 3, 1], 20
 PI = [0.6, 0.3, 0.1]
-
-
-class TwoProcesses:
-    """all_reduce_sum of a simulated 2-process run: the other rank's tensor is given beforehand."""
-
-    def __init__(self) -> None:
-        self.other: torch.Tensor | None = None
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return t + self.other
-
-    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
-        raise AssertionError("simpro only sums")
 
 
 def make(*overrides: str, collectives=None, steps_per_epoch: int = 2) -> SimPro:

@@ -13,6 +13,9 @@ from ..methods import StepOutput
 
 #: above this fraction of step time spent waiting for data, the run says how to fix it
 DATA_WAIT_HINT = 0.10
+#: ... but only after this many steps: the first batch of a few-step run (workers starting) is not
+#: a steady-state wait worth a warning
+DATA_WAIT_MIN_STEPS = 20
 
 
 def scalar(v: torch.Tensor | float) -> torch.Tensor | float:
@@ -55,6 +58,7 @@ class StepMeter:
         self.window: dict[str, list[torch.Tensor | float]] = defaultdict(list)
         self.images, self.waited, self.started = 0, 0.0, time.perf_counter()
         self.data_s, self.step_s = 0.0, 0.0
+        self.steps = 0  # optimiser steps of this invocation
 
     def add_logs(self, logs: list[dict[str, torch.Tensor | float]]) -> None:
         """The scalars of one optimiser step's micro-batches (not of a step skipped as non-finite)."""
@@ -68,6 +72,7 @@ class StepMeter:
         self.waited += wait_s
         self.data_s += wait_s
         self.step_s += step_s
+        self.steps += 1
 
     def flush(self, device: torch.device) -> dict[str, float] | None:
         """The window's means (one device sync), images/s, data-wait fraction and utilisation;
@@ -90,9 +95,10 @@ class StepMeter:
         return self.data_s / self.step_s if self.step_s > 0 else None
 
     def waiting_hint(self, num_workers: int, views_on_device: bool) -> str | None:
-        """One line when this invocation waited for data more than 10% of its step time."""
+        """One line when this invocation waited for data more than 10% of its step time, over at
+        least :data:`DATA_WAIT_MIN_STEPS` steps."""
         frac = self.data_wait_fraction()
-        if frac is None or frac <= DATA_WAIT_HINT:
+        if frac is None or frac <= DATA_WAIT_HINT or self.steps < DATA_WAIT_MIN_STEPS:
             return None
         where = ("raise data.num_workers" if views_on_device else
                  "set data.augment_on=device (batched views on the training device) or raise data.num_workers")
@@ -108,5 +114,6 @@ def training_cost(seen: dict[str, int], train_seconds: float, device: torch.devi
             "peak_memory_mib": None if peak is None else round(peak, 1), "device": str(device)}
 
 
-__all__ = ["DATA_WAIT_HINT", "StepMeter", "device_utilization", "nonfinite_terms", "scalar", "step_logs",
+__all__ = ["DATA_WAIT_HINT", "DATA_WAIT_MIN_STEPS", "StepMeter", "device_utilization", "nonfinite_terms",
+           "scalar", "step_logs",
            "training_cost"]

@@ -77,10 +77,9 @@ from torch import nn
 
 from ..batch import Batch
 from ..config import Section
-from ..models.heads import LinearHead
 from .base import METHODS, Method, MethodContext, MethodOptions, PseudoLabels, StepOutput
 from .losses import cross_entropy, masked_consistency, pseudo_label, soft_cross_entropy
-from .supervised import build_head
+from .supervised import xavier_head
 
 
 class ABCOptions(Section):
@@ -113,16 +112,6 @@ def scheduled_probabilities(keep: torch.Tensor, epoch: int, schedule_epochs: int
     return 1.0 - ratio * (1.0 - keep)
 
 
-def _abc_head(kind: str, ctx: MethodContext) -> nn.Module:
-    """The baselines' classifier; a linear one initialised as ABC's WRN does (Xavier-normal
-    weights, zero bias), not from zero, so the two heads start apart."""
-    head = build_head(kind, ctx)
-    if isinstance(head, LinearHead):
-        nn.init.xavier_normal_(head.fc.weight)
-        nn.init.zeros_(head.fc.bias)
-    return head
-
-
 @dataclass
 class ABCTerms:
     """Everything one (micro-)batch computed: the loss terms and what selected and masked them."""
@@ -151,30 +140,22 @@ class ABC(Method):
 
     uses_unlabeled = True
     strong_views = 2
+    prototype_initialises = "both ABC heads"
     opts: ABCOptions
 
     def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(backbone, ctx, options)
-        self.head = _abc_head(options.head, ctx)  # FixMatch's classifier g
-        self.head_balanced = _abc_head(options.head, ctx)  # the auxiliary balanced classifier h
+        # a linear head initialised as ABC's WRN does, not from zero, so the two heads start apart
+        self.head = xavier_head(options.head, ctx)  # FixMatch's classifier g
+        self.head_balanced = xavier_head(options.head, ctx)  # the auxiliary balanced classifier h
         # derived from the labeled counts every time the method is built: not checkpointed
         self.register_buffer("keep_prob", keep_probabilities(ctx.labeled_counts), persistent=False)
-
-    @classmethod
-    def text_need(cls, head: str) -> str | None:
-        if head == "prototype":
-            return "head=prototype initialises both ABC heads from text prototypes; use head=linear"
-        return None
 
     @property
     def balanced_threshold(self) -> float:
         """t': the balanced head's confidence threshold (``ssl.tau`` unless set)."""
         t = self.opts.balanced_threshold
         return self.ssl.tau if t is None else t
-
-    def epoch_of(self, step: int) -> int:
-        """0-based epoch of optimiser step ``step`` (ABC's ``epoch`` in its schedule)."""
-        return step // max(1, self.ctx.steps_per_epoch)
 
     def bernoulli_mask(self, p: torch.Tensor) -> torch.Tensor:
         """Draws of Bernoulli(p), one per sample, from torch's (per-step seeded) generator.
@@ -220,8 +201,7 @@ class ABC(Method):
 
     def training_step(self, batch: Batch) -> StepOutput:
         t = self.step_terms(batch)
-        idx = batch.idx_u if batch.idx_u is not None else torch.arange(len(t.label), device=t.label.device)
-        pseudo = PseudoLabels(idx=idx, label=t.label, confidence=t.confidence, mask=t.mask)
+        pseudo = PseudoLabels.of_batch(batch, t.label, t.confidence, t.mask)
         acc = (t.logits["zb_x_l"].detach().argmax(-1) == batch.y_l).float().mean()
         logs = {"loss_s": t.loss_x.detach(), "loss_u": t.loss_u.detach(),
                 "loss_s_balanced": t.loss_bx.detach(), "loss_u_balanced": t.loss_bu.sum().detach(),

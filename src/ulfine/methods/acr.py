@@ -31,7 +31,8 @@ from ..batch import Batch
 from ..config import Section
 from ..models.heads import LinearHead
 from .base import METHODS, Method, MethodContext, MethodOptions, PseudoLabels, StepOutput
-from .losses import cross_entropy, logit_adjusted, masked_consistency
+from .losses import cross_entropy, logit_adjusted, masked_consistency, moved_distribution
+from .supervised import xavier_init
 
 ANCHORS = ("consistent", "uniform", "reversed")
 
@@ -108,14 +109,6 @@ def acr_targets(z_std: torch.Tensor, z_bal: torch.Tensor, prior: torch.Tensor, t
 
 
 # ----------------------------------------------------------------------------------- method
-def _xavier_head(dim: int, num_classes: int) -> LinearHead:
-    """A linear classifier initialised as ACR's (Xavier-normal weights, zero bias)."""
-    head = LinearHead(dim, num_classes, zero_init=False)
-    nn.init.xavier_normal_(head.fc.weight)
-    nn.init.zeros_(head.fc.bias)
-    return head
-
-
 @METHODS.register("acr", options=ACROptions)
 class ACR(Method):
     """Dual standard/balanced branches with ACR's adaptive consistency regulariser."""
@@ -127,8 +120,9 @@ class ACR(Method):
     def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(backbone, ctx, options)
         k = ctx.num_classes
-        self.head_standard = _xavier_head(ctx.feature_dim, k)
-        self.head_balanced = _xavier_head(ctx.feature_dim, k)
+        # linear classifiers initialised as ACR's (Xavier-normal weights, zero bias)
+        self.head_standard = xavier_init(LinearHead(ctx.feature_dim, k, zero_init=False))
+        self.head_balanced = xavier_init(LinearHead(ctx.feature_dim, k, zero_init=False))
         self.register_buffer("prior", ctx.labeled_prior.float().clone())  # pi of the labeled set
         self.register_buffer("anchors", anchor_distributions(ctx.labeled_prior))
         self.register_buffer("u_estimate", torch.full((k,), 1.0 / k))
@@ -140,7 +134,7 @@ class ACR(Method):
 
     def estimating(self, step: int) -> bool:
         """Is the unlabeled distribution estimated during optimiser step ``step``?"""
-        return step // max(1, self.ctx.steps_per_epoch) >= self.opts.estimate_from_epoch
+        return self.epoch_of(step) >= self.opts.estimate_from_epoch
 
     # -- losses ---------------------------------------------------------------------------------
     def balanced_labeled_loss(self, f_l: torch.Tensor, y: torch.Tensor
@@ -181,8 +175,7 @@ class ACR(Method):
                 self.count_for_estimate(t, batch.idx_u)
         loss_u, loss_u_bal = self.balanced_unlabeled_loss(torch.cat([f["u_s"], f["u_s2"]]), t)
         loss = loss_s + loss_s_bal + self.ssl.lambda_u * (loss_u + loss_u_bal)
-        idx = batch.idx_u if batch.idx_u is not None else torch.arange(len(t.standard), device=loss.device)
-        pseudo = PseudoLabels(idx=idx, label=t.standard, confidence=t.standard_conf, mask=t.standard_mask)
+        pseudo = PseudoLabels.of_batch(batch, t.standard, t.standard_conf, t.standard_mask)
         logs = {"loss_s": loss_s.detach(), "loss_s_balanced": loss_s_bal.detach(), "loss_u": loss_u.detach(),
                 "loss_u_balanced": loss_u_bal.detach(), "tau_acr": self.tau.clone(),
                 "acc_l": (z_l_bal.detach().argmax(-1) == batch.y_l).float().mean()}
@@ -194,11 +187,9 @@ class ACR(Method):
         """Move the estimate with the step's counts (all processes)."""
         if not self.estimating(step):
             return
-        counts = self.ctx.collectives.all_reduce_sum(self.pending_counts)
-        self.pending_counts.zero_()
+        counts = self.take_pending(self.pending_counts)
         total = counts.sum()
-        moved = self.opts.ema_u * self.u_estimate + (1.0 - self.opts.ema_u) * counts / total.clamp_min(1.0)
-        self.u_estimate.copy_(torch.where(total > 0, moved, self.u_estimate))  # (no device sync)
+        self.u_estimate.copy_(moved_distribution(self.u_estimate, counts, total, self.opts.ema_u))
         kl = symmetric_kl(self.u_estimate.unsqueeze(0), self.anchors)
         self.kl_sum += torch.where(total > 0, kl, torch.zeros_like(kl))
         self.kl_steps += (total > 0).float()

@@ -43,6 +43,14 @@ class PseudoLabels:
     confidence: torch.Tensor
     mask: torch.Tensor
 
+    @classmethod
+    def of_batch(cls, batch: Batch, label: torch.Tensor, confidence: torch.Tensor,
+                 mask: torch.Tensor) -> "PseudoLabels":
+        """The pseudo-labels of ``batch``'s unlabeled samples, indexed by ``batch.idx_u`` (0..N-1
+        when the batch carries no indices)."""
+        idx = batch.idx_u if batch.idx_u is not None else torch.arange(len(label), device=label.device)
+        return cls(idx=idx, label=label, confidence=confidence, mask=mask)
+
 
 @dataclass
 class StepOutput:
@@ -138,6 +146,9 @@ class Method(nn.Module):
     uses_unlabeled: ClassVar[bool] = True  # needs unlabeled batches
     trains: ClassVar[bool] = True  # False for zero-shot: no optimiser, no loop
     strong_views: ClassVar[int] = 1  # strong views per unlabeled image (ACR: 2, in u_s and u_s2)
+    #: what ``head=prototype`` initialises from text prototypes (``the classifier``); set, the
+    #: default :meth:`text_need` asks for text with that head. None: no text needed
+    prototype_initialises: ClassVar[str | None] = None
 
     def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__()
@@ -162,12 +173,27 @@ class Method(nn.Module):
     @classmethod
     def text_need(cls, head: str) -> str | None:
         """Why this method (with classifier ``head``) needs text prototypes, ending with the fix;
-        None when it needs none. The config refuses backbones without a text tower for it."""
+        None when it needs none. The config refuses backbones without a text tower for it.
+
+        By default: text for ``head=prototype`` when :attr:`prototype_initialises` is set."""
+        if head == "prototype" and cls.prototype_initialises is not None:
+            return f"head=prototype initialises {cls.prototype_initialises} from text prototypes; use head=linear"
         return None
 
     @property
     def ssl(self) -> "SSLConfig":
         return self.options.ssl
+
+    def take_pending(self, pending: torch.Tensor) -> torch.Tensor:
+        """The sum over processes of a per-step accumulator (a new tensor); ``pending`` starts
+        again from zero. For :meth:`after_optimizer_step`."""
+        total = self.ctx.collectives.all_reduce_sum(pending)
+        pending.zero_()
+        return total
+
+    def epoch_of(self, step: int) -> int:
+        """0-based epoch of optimiser step ``step`` (``ctx.steps_per_epoch`` steps an epoch)."""
+        return step // max(1, self.ctx.steps_per_epoch)
 
     # -- features ------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -71,9 +71,8 @@ from ..batch import Batch
 from ..config import Section
 from ..errors import ConfigError
 from ..models.backbone import CachedFeatures
-from ..models.heads import LinearHead
 from .base import METHODS, Method, MethodContext, MethodOptions, PseudoLabels, StepOutput
-from .supervised import build_head
+from .supervised import xavier_head
 
 
 class CDMADOptions(Section):
@@ -101,16 +100,6 @@ def eps_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return -(target.float() * torch.log(torch.softmax(logits.float(), dim=-1) + LOG_EPS)).sum(dim=-1)
 
 
-def _cdmad_head(kind: str, ctx: MethodContext) -> nn.Module:
-    """The baselines' classifier; a linear one initialised as CDMAD's WRN (Xavier-normal weights,
-    zero bias), so its bias logits are not all zero from the start."""
-    head = build_head(kind, ctx)
-    if isinstance(head, LinearHead):
-        nn.init.xavier_normal_(head.fc.weight)
-        nn.init.zeros_(head.fc.bias)
-    return head
-
-
 @dataclass
 class CDMADTerms:
     """Everything one (micro-)batch computed."""
@@ -133,6 +122,7 @@ class CDMAD(Method):
 
     uses_unlabeled = True
     strong_views = 2
+    prototype_initialises = "the classifier"
     opts: CDMADOptions
 
     def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
@@ -140,16 +130,11 @@ class CDMAD(Method):
         if isinstance(backbone, CachedFeatures):
             raise ConfigError("invalid config: method=cdmad passes a solid image through the image "
                               "tower; cached features (feature mode) have no tower to pass it through")
-        self.head = _cdmad_head(options.head, ctx)
+        # a linear head initialised as CDMAD's WRN, so its bias logits are not all zero from the start
+        self.head = xavier_head(options.head, ctx)
         self._eval_bias: torch.Tensor | None = None  # b of the last prediction (diagnostics)
         self._eval_spread: list[torch.Tensor] = []  # per-batch sums of the raw logits' class spread
         self._eval_images = 0
-
-    @classmethod
-    def text_need(cls, head: str) -> str | None:
-        if head == "prototype":
-            return "head=prototype initialises the classifier from text prototypes; use head=linear"
-        return None
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """z(x) in float32."""
@@ -167,7 +152,7 @@ class CDMAD(Method):
 
     def debiasing(self, step: int) -> bool:
         """Are the pseudo-labels of optimiser step ``step`` debiased?"""
-        return step // max(1, self.ctx.steps_per_epoch) >= self.opts.debias_from_epoch
+        return self.epoch_of(step) >= self.opts.debias_from_epoch
 
     # -- losses ---------------------------------------------------------------------------------
     def step_terms(self, batch: Batch) -> CDMADTerms:
@@ -194,8 +179,7 @@ class CDMAD(Method):
 
     def training_step(self, batch: Batch) -> StepOutput:
         t = self.step_terms(batch)
-        idx = batch.idx_u if batch.idx_u is not None else torch.arange(len(t.label), device=t.label.device)
-        pseudo = PseudoLabels(idx=idx, label=t.label, confidence=t.confidence, mask=t.mask)
+        pseudo = PseudoLabels.of_batch(batch, t.label, t.confidence, t.mask)
         acc = (t.logits["z_x_l"].detach().argmax(-1) == batch.y_l).float().mean()
         logs = {"loss_s": t.loss_x.detach(), "loss_u": t.loss_u.detach(), "bias_std": t.bias.std(),
                 "bias_range": t.bias.max() - t.bias.min(), "debiased": float(t.debiased), "acc_l": acc}

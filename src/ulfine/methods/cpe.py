@@ -84,8 +84,8 @@ from ..config import Section
 from ..errors import ConfigError
 from ..models.heads import LinearHead
 from .base import METHODS, Method, MethodContext, MethodOptions, PseudoLabels, StepOutput
-from .losses import cross_entropy, logit_adjusted, pseudo_label
-from .supervised import build_head
+from .losses import cross_entropy, logit_adjusted, moved_distribution, pseudo_label
+from .supervised import build_head, xavier_init
 
 BRANCHES = ("head", "medium", "tail")  # CPE's BNH, BNM, BNT
 EXPERTS = 3
@@ -212,8 +212,7 @@ def _expert_heads(kind: str, ctx: MethodContext) -> nn.ModuleList:
     if kind != "linear":
         return nn.ModuleList(build_head(kind, ctx) for _ in range(EXPERTS))
     heads = [LinearHead(ctx.feature_dim, ctx.num_classes, zero_init=False) for _ in range(EXPERTS)]
-    nn.init.xavier_normal_(heads[0].fc.weight)
-    nn.init.zeros_(heads[0].fc.bias)
+    xavier_init(heads[0])
     return nn.ModuleList(heads)
 
 
@@ -223,13 +222,8 @@ class CPE(Method):
     """Three logit-adjusted experts on class-wise feature branches."""
 
     uses_unlabeled = True
+    prototype_initialises = "the experts"
     opts: CPEOptions
-
-    @classmethod
-    def text_need(cls, head: str) -> str | None:
-        if head == "prototype":
-            return "head=prototype initialises the experts from text prototypes; use head=linear"
-        return None
 
     def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(backbone, ctx, options)
@@ -254,7 +248,7 @@ class CPE(Method):
 
     def estimating(self, step: int) -> bool:
         """Are the estimates moved during optimiser step ``step``?"""
-        return step // max(1, self.ctx.steps_per_epoch) >= self.opts.estimate_from_epoch
+        return self.epoch_of(step) >= self.opts.estimate_from_epoch
 
     # -- features and logits -----------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -300,8 +294,7 @@ class CPE(Method):
                 self.record(terms, batch.step)
         loss = sum(t.loss_x + self.ssl.lambda_u * t.loss_u for t in terms)
         main = terms[self.opts.predict_expert - 1]
-        idx = batch.idx_u if batch.idx_u is not None else torch.arange(len(main.label), device=loss.device)
-        pseudo = PseudoLabels(idx=idx, label=main.label, confidence=main.confidence, mask=main.mask)
+        pseudo = PseudoLabels.of_batch(batch, main.label, main.confidence, main.mask)
         logs: dict[str, float | torch.Tensor] = {
             "loss_s": main.loss_x.detach(), "loss_u": main.loss_u.detach(),
             "acc_l": (main.logits_l.argmax(-1) == batch.y_l).float().mean()}
@@ -317,12 +310,10 @@ class CPE(Method):
         """Move each expert's estimate with the step's counts, summed over processes."""
         if not self.estimating(step):
             return
-        counts = self.ctx.collectives.all_reduce_sum(self.pending_counts)
-        self.pending_counts.zero_()
+        counts = self.take_pending(self.pending_counts)
         self._pending_step = None
         total = counts.sum(dim=1, keepdim=True)
-        moved = self.opts.ema_u * self.u_estimate + (1.0 - self.opts.ema_u) * counts / total.clamp_min(1.0)
-        self.u_estimate.copy_(torch.where(total > 0, moved, self.u_estimate))
+        self.u_estimate.copy_(moved_distribution(self.u_estimate, counts, total, self.opts.ema_u))
 
     # -- prediction ---------------------------------------------------------------------------------
     @torch.no_grad()

@@ -82,7 +82,7 @@ from ..config import Section
 from ..models.heads import LinearHead, cosine_logits
 from .base import METHODS, MethodContext, MethodOptions, PseudoLabels, StepOutput
 from .losses import cross_entropy, masked_consistency, soft_cross_entropy
-from .supervised import Supervised
+from .supervised import Supervised, xavier_init
 
 
 class DASOOptions(Section):
@@ -193,14 +193,6 @@ def blended_pseudo_labels(p_linear: torch.Tensor, q_semantic: torch.Tensor, weig
     return (1.0 - w) * p_linear + w * q_semantic
 
 
-def _xavier_head(dim: int, num_classes: int) -> LinearHead:
-    """DASO's ``Classifier``: Xavier-normal weights, zero bias (lib/models/classifier.py)."""
-    head = LinearHead(dim, num_classes, zero_init=False)
-    nn.init.xavier_normal_(head.fc.weight)
-    nn.init.zeros_(head.fc.bias)
-    return head
-
-
 # ----------------------------------------------------------------------------------- method
 @METHODS.register("daso", options=DASOOptions)
 class DASO(Supervised):
@@ -212,7 +204,8 @@ class DASO(Supervised):
     def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(backbone, ctx, options)
         if options.head == "linear":  # DASO's Classifier; head=prototype stays the text-initialised head [R]
-            self.head = _xavier_head(ctx.feature_dim, ctx.num_classes)
+            # (Xavier-normal weights, zero bias: lib/models/classifier.py)
+            self.head = xavier_init(LinearHead(ctx.feature_dim, ctx.num_classes, zero_init=False))
         k = ctx.num_classes
         self.queue = ClassQueue(k, self.opts.queue_size, ctx.feature_dim)
         self.register_buffer("pl_pending", torch.zeros(k))  # this step's pseudo-label counts
@@ -263,10 +256,9 @@ class DASO(Supervised):
         loss = loss_s + self.ssl.lambda_u * loss_u + self.opts.align_weight * loss_align
         with torch.no_grad():
             self.pl_pending.index_add_(0, label, torch.ones_like(label, dtype=self.pl_pending.dtype))
-        idx = batch.idx_u if batch.idx_u is not None else torch.arange(len(label), device=label.device)
         logs.update({"loss_s": loss_s.detach(), "loss_u": loss_u.detach(), "loss_align": loss_align.detach(),
                      "acc_l": (z_l.detach().argmax(-1) == batch.y_l).float().mean()})
-        return StepOutput(loss, logs, PseudoLabels(idx=idx, label=label, confidence=confidence, mask=mask))
+        return StepOutput(loss, logs, PseudoLabels.of_batch(batch, label, confidence, mask))
 
     # -- state updates ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -278,8 +270,7 @@ class DASO(Supervised):
             labels = torch.cat([y for _, y in self._pending])
             self.queue.push(self.ctx.collectives.all_gather(feats), self.ctx.collectives.all_gather(labels))
         self._pending, self._pending_step = [], None
-        self.pl_window += self.ctx.collectives.all_reduce_sum(self.pl_pending)
-        self.pl_pending.zero_()
+        self.pl_window += self.take_pending(self.pl_pending)
         if (step + 1) % self.opts.dist_update_period == 0:
             self.pl_dist.copy_(self.pl_window)
             self.pl_window.zero_()

@@ -142,10 +142,9 @@ class DebiasPL(Supervised):
         loss_s = cross_entropy(z_l, batch.y_l)
         loss_u = masked_consistency(adaptive_margin_logits(self.logits(f_s), qhat_step, self.opts.tau), label, mask)
         loss = loss_s + self.ssl.lambda_u * loss_u
-        idx = batch.idx_u if batch.idx_u is not None else torch.arange(len(label), device=label.device)
         logs: dict[str, Any] = {"loss_s": loss_s.detach(), "loss_u": loss_u.detach(),
                                 "acc_l": (z_l.detach().argmax(-1) == batch.y_l).float().mean()}
-        return StepOutput(loss, logs, PseudoLabels(idx=idx, label=label, confidence=confidence, mask=mask))
+        return StepOutput(loss, logs, PseudoLabels.of_batch(batch, label, confidence, mask))
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> None:

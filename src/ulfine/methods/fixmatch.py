@@ -55,7 +55,6 @@ class FixMatch(Supervised):
         weighted_u, logs_u = self.unlabeled_terms(self.logits(f_s), z_w, label, mask)
         loss = loss_s + weighted_u
         acc = (self.prediction_logits(z_l.detach()).argmax(-1) == batch.y_l).float().mean()
-        idx = batch.idx_u if batch.idx_u is not None else torch.arange(len(label), device=label.device)
-        pseudo = PseudoLabels(idx=idx, label=label, confidence=confidence, mask=mask.bool())
+        pseudo = PseudoLabels.of_batch(batch, label, confidence, mask.bool())
         logs = {"loss_s": loss_s.detach(), **logs_u, "acc_l": acc}
         return StepOutput(loss, logs, pseudo)

@@ -81,12 +81,22 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values.float() * m).sum() / m.sum().clamp_min(1.0)
 
 
+def moved_distribution(estimate: torch.Tensor, counts: torch.Tensor, total: torch.Tensor,
+                       momentum: float) -> torch.Tensor:
+    """m * estimate + (1 - m) * counts / total: a class-distribution estimate moved towards the
+    frequencies of ``counts`` (``total`` their sum, broadcastable); unchanged where ``total`` is 0
+    (no device synchronisation: a ``where``, not a test). ACR's and CPE's unlabeled estimates."""
+    moved = momentum * estimate + (1.0 - momentum) * counts / total.clamp_min(1.0)
+    return torch.where(total > 0, moved, estimate)
+
+
 __all__ = [
     "cross_entropy",
     "log_prior",
     "logit_adjusted",
     "masked_consistency",
     "masked_mean",
+    "moved_distribution",
     "off_target_smoothed_targets",
     "pseudo_label",
     "smoothed_targets",

@@ -77,10 +77,9 @@ from torch import nn
 
 from ..batch import Batch
 from ..config import Section
-from ..models.heads import LinearHead
 from .base import METHODS, Method, MethodContext, MethodOptions, PseudoLabels, StepOutput
 from .losses import cross_entropy, masked_consistency
-from .supervised import build_head
+from .supervised import xavier_head
 
 PRIOR_EPS = 1e-12  # SimPro's compute_adjustment_by_py: log(p ** tau + 1e-12)
 
@@ -141,17 +140,6 @@ def default_labeled_weight(ctx: MethodContext, mu: int) -> float:
     return mu * n_l / n_u if n_u > 0 else 1.0
 
 
-def _simpro_head(kind: str, ctx: MethodContext) -> nn.Module:
-    """``linear``: SimPro's fc (Xavier-normal weight, zero bias); ``prototype``: the text-initialised
-    cosine head of the CLIP baselines [R]."""
-    if kind != "linear":
-        return build_head(kind, ctx)
-    head = LinearHead(ctx.feature_dim, ctx.num_classes, zero_init=False)
-    nn.init.xavier_normal_(head.fc.weight)
-    nn.init.zeros_(head.fc.bias)
-    return head
-
-
 # ----------------------------------------------------------------------------------- method
 @METHODS.register("simpro", options=SimProOptions)
 class SimPro(Method):
@@ -159,18 +147,14 @@ class SimPro(Method):
 
     uses_unlabeled = True
     strong_views = 2
+    prototype_initialises = "the classifier"
     opts: SimProOptions
-
-    @classmethod
-    def text_need(cls, head: str) -> str | None:
-        if head == "prototype":
-            return "head=prototype initialises the classifier from text prototypes; use head=linear"
-        return None
 
     def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(backbone, ctx, options)
         k = ctx.num_classes
-        self.head = _simpro_head(options.head, ctx)
+        # linear: SimPro's fc (Xavier-normal weight, zero bias); prototype: the baselines' text head [R]
+        self.head = xavier_head(options.head, ctx)
         self.labeled_weight = (self.opts.labeled_weight if self.opts.labeled_weight is not None
                                else default_labeled_weight(ctx, self.ssl.mu))
         self.register_buffer("training_prior", ctx.labeled_prior.float().clone())  # pi_t (adapt_dis)
@@ -208,8 +192,7 @@ class SimPro(Method):
         loss_x = cross_entropy(z_l.float() + adj_t, batch.y_l) * self.labeled_weight
         loss_u = masked_consistency(z_s.float() + adj_t, t.probs.repeat(2, 1), t.mask.repeat(2))
         loss = loss_x + self.ssl.lambda_u * loss_u
-        idx = batch.idx_u if batch.idx_u is not None else torch.arange(len(t.label), device=loss.device)
-        pseudo = PseudoLabels(idx=idx, label=t.label, confidence=t.confidence, mask=t.mask)
+        pseudo = PseudoLabels.of_batch(batch, t.label, t.confidence, t.mask)
         logs = {"loss_s": loss_x.detach(), "loss_u": loss_u.detach(),
                 "acc_l": (z_l.detach().argmax(-1) == batch.y_l).float().mean()}
         return StepOutput(loss, logs, pseudo)
@@ -218,8 +201,7 @@ class SimPro(Method):
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> None:
         """Add the step's statistics, summed over processes, to the epoch's."""
-        stats = self.ctx.collectives.all_reduce_sum(self.pending_stats)
-        self.pending_stats.zero_()
+        stats = self.take_pending(self.pending_stats)
         self._pending_step = None
         self.epoch_soft_sum += stats[0]
         self.epoch_labeled_counts += stats[1]

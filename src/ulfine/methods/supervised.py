@@ -40,6 +40,21 @@ def build_head(kind: str, ctx: MethodContext) -> nn.Module:
     raise ValueError(f"unknown head {kind!r}")
 
 
+def xavier_init(head: LinearHead) -> LinearHead:
+    """``head`` re-initialised in place as the scratch papers' classifiers (ABC, ACR, CDMAD, CPE,
+    DASO, SimPro): Xavier-normal weights, zero bias."""
+    nn.init.xavier_normal_(head.fc.weight)
+    nn.init.zeros_(head.fc.bias)
+    return head
+
+
+def xavier_head(kind: str, ctx: MethodContext) -> nn.Module:
+    """The baselines' classifier (:func:`build_head`); a linear one Xavier-initialised
+    (:func:`xavier_init`), not from zero."""
+    head = build_head(kind, ctx)
+    return xavier_init(head) if isinstance(head, LinearHead) else head
+
+
 class SupervisedOptions(Section):
     """supervised: plain or logit-adjusted cross-entropy (LIFT's supervised baseline)."""
 
@@ -52,12 +67,7 @@ class Supervised(Method):
     """L = CE(z(x), y) (or its logit-adjusted form) on the labeled batch; unlabeled data is never loaded."""
 
     uses_unlabeled = False
-
-    @classmethod
-    def text_need(cls, head: str) -> str | None:
-        if head == "prototype":
-            return "head=prototype initialises the classifier from text prototypes; use head=linear"
-        return None
+    prototype_initialises = "the classifier"
 
     def __init__(self, backbone: nn.Module, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(backbone, ctx, options)
