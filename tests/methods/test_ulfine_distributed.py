@@ -37,6 +37,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         m.after_optimizer_step(0)
         torch.save({k: v for k, v in m.state_dict().items() if not k.startswith("backbone")},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks done before either tears gloo down (a lone teardown can abort)
     finally:
         dist.destroy_process_group()
 
