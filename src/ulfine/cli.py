@@ -1,5 +1,5 @@
-"""The ``ulfine`` command line: presets, splits, train, eval, report, compare, export, predict, demo,
-pretrain-micro.
+"""The ``ulfine`` command line: presets, splits, train, eval, report, compare, export, predict, push,
+demo, pretrain-micro.
 
 Heavy imports (torch, open_clip) happen inside the commands, so ``--help`` answers at once.
 Every user-facing failure is a :class:`~ulfine.errors.UlfineError` and is printed as one line.
@@ -257,7 +257,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.trust_plugins:
         trust_folder_plugins(Path(args.run_dir))  # consent given for this run folder's plugins
     result = export_model(Path(args.run_dir), Path(args.out), include_backbone=args.include_backbone,
-                          overrides=args.overrides, onnx=args.onnx)
+                          overrides=args.overrides, onnx=args.onnx, license=args.license)
     print(f"model folder: {result.model_dir} ({', '.join(result.files)})")
     return 0
 
@@ -271,7 +271,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UlfineError("--topk and --batch-size must be at least 1")
     out = check_out(Path(args.out))  # before any work: an hour of predictions must not die at the end
     files = list_files(args.paths)
-    classifier = load(Path(args.model), device=args.device, trust_plugins=args.trust_plugins,
+    model = args.model if args.model.startswith("hf-hub:") else Path(args.model)
+    classifier = load(model, device=args.device, trust_plugins=args.trust_plugins,
                       data_root=args.data_root)
     topk = min(args.topk, len(classifier.class_names))
     results = predict_files(classifier, files, topk=topk, batch_size=args.batch_size)
@@ -280,6 +281,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = sum(r.error is not None for r in results)
     print(f"{len(results) - failed} images predicted, {failed} unreadable (listed with an error); "
           f"written to {args.out}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Upload a model folder to the Hugging Face Hub as one commit."""
+    from .apps.hub import push_model
+
+    url = push_model(Path(args.model_dir), args.repo_id, private=args.private, revision=args.revision,
+                     token=args.token)
+    print(f"pushed {args.model_dir} to {args.repo_id}: {url}")
+    print(f"load it with ulfine.load(\"hf-hub:{args.repo_id}\") or `ulfine predict hf-hub:{args.repo_id} ...`")
     return 0
 
 
@@ -404,7 +416,7 @@ def _add_data_root_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_commands(sub: Subparsers) -> None:
-    """``export`` and ``predict``: use a trained model."""
+    """``export``, ``predict`` and ``push``: use and share a trained model."""
     p = sub.add_parser("export", help="a self-contained model folder from a finished run",
                        description="Write MODEL_DIR with model.safetensors (trained tensors, fp32), config.json "
                        "(classes, preprocessing, backbone reference + fingerprint) and a README.md model card; "
@@ -416,6 +428,8 @@ def _add_model_commands(sub: Subparsers) -> None:
     p.add_argument("--include-backbone", action="store_true", help="copy the frozen CLIP weights (air-gapped use)")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx, checked against PyTorch "
                    "(needs pip install 'ulfine[onnx]')")
+    p.add_argument("--license", metavar="SPDX-ID", help="the model's license in the card's Hub metadata "
+                   "(e.g. apache-2.0; default: other, with a note that the weights' and data's terms apply)")
     _add_trust_arg(p, "import the plugins RUN_DIR/config.yaml names")
     p.set_defaults(func=cmd_export)
 
@@ -423,7 +437,8 @@ def _add_model_commands(sub: Subparsers) -> None:
                        description="Predict every image file named and every file under the folders named "
                        "(recursively). CSV columns: filename, label_1..k, prob_1..k, error; a file that is not a "
                        "readable image gets a warning and a row with its error.")
-    p.add_argument("model", help="a model folder (`ulfine export`) or a run folder (`ulfine train`)")
+    p.add_argument("model", help="a model folder (`ulfine export`), a run folder (`ulfine train`) or a model on "
+                   "the Hugging Face Hub, hf-hub:org/name[@revision] (from the Hub cache; downloaded when online)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--out", default="predictions.csv", help="output file (default predictions.csv)")
@@ -433,6 +448,17 @@ def _add_model_commands(sub: Subparsers) -> None:
     _add_data_root_arg(p)
     _add_trust_arg(p, "import the plugins the model or run folder's config names")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("push", help="upload a model folder to the Hugging Face Hub",
+                       description="Upload MODEL_DIR (an `ulfine export` model folder) to REPO_ID as one commit; "
+                       "the repository is created when new. Needs a token (--token, HF_TOKEN or `hf auth login`) "
+                       "and downloads on (not HF_HUB_OFFLINE=1). Load it back with hf-hub:REPO_ID.")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by `ulfine export`")
+    p.add_argument("repo_id", metavar="REPO_ID", help="the Hub repository, org/name")
+    p.add_argument("--private", action="store_true", help="create the repository private (when it is new)")
+    p.add_argument("--revision", metavar="BRANCH", help="push to this branch (created from main when new)")
+    p.add_argument("--token", help="a Hub token with write access (default: HF_TOKEN or the saved login)")
+    p.set_defaults(func=cmd_push)
 
 
 def _add_run_commands(sub: Subparsers) -> None:

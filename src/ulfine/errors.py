@@ -32,3 +32,8 @@ class ResourceError(UlfineError):
 
 class NumericalError(UlfineError):
     """Training produced a non-finite loss (``train.on_nonfinite=stop``)."""
+
+
+class HubError(UlfineError):
+    """The Hugging Face Hub cannot serve a request: downloads are off, no token, a repository or
+    revision that does not exist, or the Hub refused (``ulfine push``, ``hf-hub:`` models)."""

@@ -8,9 +8,13 @@ accuracy of the final model on the test set, never a best-on-test pick) and how 
 from __future__ import annotations
 
 import json
+import math
+import os
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import yaml
 
 from ..config import config_to_dict, load_config
 from ..errors import ConfigError
@@ -112,19 +116,87 @@ def _files(spec: Mapping[str, Any]) -> list[str]:
     ]
 
 
+#: the Hub's license value when the exporter named none (its own word for "see the card")
+NO_LICENSE = "other"
+#: tags every ulfine model carries (the method's name is added)
+HUB_TAGS = ("image-classification", "long-tailed", "semi-supervised", "clip", "ulfine")
+
+
+def base_model(arch: str, pretrained: str) -> str | None:
+    """The Hub repository of the frozen CLIP weights, when there is one: the repo of an
+    ``hf-hub:`` arch or of an open_clip tag hosted on the Hub; None for ``micro``, a local file or
+    random weights (no Hub id to link to)."""
+    if arch.startswith("hf-hub:"):
+        return arch[len("hf-hub:"):]
+    try:
+        from open_clip.pretrained import get_pretrained_cfg
+
+        hub = (get_pretrained_cfg(arch, pretrained) or {}).get("hf_hub", "")
+    except Exception:  # an arch open_clip does not list (micro, a local config): no Hub id
+        return None
+    repo_id = os.path.split(hub)[0] if hub else ""
+    return repo_id or None
+
+
+def _metric(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _model_index(spec: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The Hub's ``model-index``: the final model's overall and balanced test accuracy (fractions,
+    exactly final_metrics.json's top-level figures), never a best-on-test pick."""
+    dataset = spec["run_config"]["data"]["dataset"]
+    figures = [("accuracy", "overall accuracy (final model)", _metric(metrics.get("overall_acc"))),
+               ("balanced_accuracy", "balanced accuracy (final model)", _metric(metrics.get("balanced_acc")))]
+    scores = [{"type": t, "name": n, "value": v} for t, n, v in figures if v is not None]
+    if not scores:
+        return []
+    return [{"name": spec["name"], "results": [{
+        "task": {"type": "image-classification", "name": "Image Classification"},
+        "dataset": {"type": dataset, "name": dataset, "split": "test"},
+        "metrics": scores}]}]
+
+
+def front_matter(spec: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The Hub's YAML metadata of the card: what the Hub indexes and shows (library, license,
+    tags, base model, dataset, the honest test figures)."""
+    bb, dataset = spec["backbone"], spec["run_config"]["data"]["dataset"]
+    meta: dict[str, Any] = {"library_name": "ulfine", "license": spec.get("license") or NO_LICENSE,
+                            "pipeline_tag": "image-classification",
+                            "tags": [*HUB_TAGS, *([spec["method"]] if spec["method"] not in HUB_TAGS else [])],
+                            "datasets": [dataset]}
+    base = base_model(bb["arch"], bb["pretrained"])
+    if base:
+        meta["base_model"] = base
+    index = _model_index(spec, metrics)
+    if index:
+        meta["model-index"] = index
+    return meta
+
+
+def _license_note(spec: Mapping[str, Any]) -> list[str]:
+    if (spec.get("license") or NO_LICENSE) != NO_LICENSE:
+        return []
+    return ["## License", "",
+            "No license was chosen at export (`license: other`; `ulfine export --license SPDX-ID` sets one). The "
+            "terms of the CLIP weights and of the training data apply to this model too.", ""]
+
+
 def model_card(spec: Mapping[str, Any], split: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
     """Markdown for ``MODEL_DIR/README.md`` from its ``config.json``, the run's ``split.json`` and
-    ``final_metrics.json``."""
+    ``final_metrics.json``, headed by the Hub's YAML front matter (:func:`front_matter`)."""
     rule = (metrics.get("group_rule") or {}).get("text", "-")
+    meta = yaml.safe_dump(front_matter(spec, metrics), sort_keys=False, allow_unicode=True)
     return "\n".join([
+        "---", meta.rstrip("\n"), "---", "",
         *_head(spec), *_data(spec, split),
         "## Test metrics (%)", "",
         f"On {metrics.get('num_images', '?')} test images after {metrics.get('steps', '?')} optimiser steps; ECE "
         f"{_pct(metrics.get('ece'))}%. Groups: {rule}.", "",
         *_metrics_table(metrics), "",
         "## How it was trained", "", "```bash", spec["command"], "```", "",
-        *_files(spec),
+        *_files(spec), *_license_note(spec),
     ])
 
 
-__all__ = ["model_card", "training_command"]
+__all__ = ["NO_LICENSE", "base_model", "front_matter", "model_card", "training_command"]

@@ -46,7 +46,7 @@ from ..models.weights import WEIGHT_SUFFIXES
 from ..safefiles import atomic_write_text, publish_files, recover_folder, refuse_pickles, replace_folder, staging_folder
 from ..validation import damaged, need_bool, need_int, need_list, need_mapping, need_str
 from .classifier import Classifier, DecisionModule
-from .model_card import model_card, training_command
+from .model_card import NO_LICENSE, model_card, training_command
 
 log = logging.getLogger("ulfine.apps")
 
@@ -78,9 +78,17 @@ def load(path: str | Path, device: str = "auto", precision: str | None = None, t
     like ``trust_remote_code``, only for folders you trust); without it such a folder is refused
     in one line. ``data_root``: where a run folder's data is now (a model folder needs none).
 
+    ``path`` may also name a model folder on the Hugging Face Hub, ``"hf-hub:org/name[@revision]"``:
+    its snapshot is taken from the Hub cache (downloaded first when online,
+    :func:`ulfine.apps.hub.snapshot_folder`) and loaded as a local model folder.
+
     >>> clf = ulfine.load("runs/my_run")
     >>> clf.class_names, clf.predict(["photo.jpg"], topk=3)
     """
+    if isinstance(path, str) and path.startswith("hf-hub:"):
+        from .hub import snapshot_folder  # hub imports this module: resolved on use
+
+        return load_model_dir(snapshot_folder(path), device, precision, trust_plugins)
     path = Path(path)
     if is_model_dir(path):
         return load_model_dir(path, device, precision, trust_plugins)
@@ -247,7 +255,8 @@ def reference_backbone(cfg: Config) -> CLIPBackbone:
     return build_backbone(cfg.model, device="cpu")
 
 
-def _spec(parts: RunParts, run_dir: Path, out: Path, fingerprint: str, included: bool) -> dict[str, Any]:
+def _spec(parts: RunParts, run_dir: Path, out: Path, fingerprint: str, included: bool,
+          license: str | None = None) -> dict[str, Any]:
     cfg, bb, data = parts.cfg, parts.backbone, parts.data
     pp = bb.preprocess
     run_config = config_to_dict(cfg)
@@ -265,6 +274,7 @@ def _spec(parts: RunParts, run_dir: Path, out: Path, fingerprint: str, included:
                           "std": list(pp.std), "interpolation": pp.interpolation},
         "output": "the method's decision logits; probabilities are their softmax",
         "command": training_command(yaml.safe_load((run_dir / "config.yaml").read_text())),
+        "license": license or NO_LICENSE,
         "run_config": run_config,
     }
 
@@ -315,7 +325,7 @@ def export_target(out: Path) -> Path:
 
 
 def _write_model_folder(folder: Path, parts: RunParts, rt: Runtime, run_dir: Path, out: Path,
-                        include: bool, onnx: bool) -> ExportResult:
+                        include: bool, onnx: bool, license: str | None = None) -> ExportResult:
     """Write every file of the model folder into ``folder`` (private staging, so plain writes are
     safe); ``out`` is the name it will have."""
     reference = reference_backbone(parts.cfg)
@@ -325,7 +335,7 @@ def _write_model_folder(folder: Path, parts: RunParts, rt: Runtime, run_dir: Pat
         state = {k: v.detach().float().contiguous() for k, v in reference.clip.state_dict().items()}
         save_file(state, str(folder / BACKBONE_FILE), metadata={"format": "pt"})
         files.append(BACKBONE_FILE)
-    spec = _spec(parts, run_dir, out, weights_fingerprint(reference.clip), include)
+    spec = _spec(parts, run_dir, out, weights_fingerprint(reference.clip), include, license)
     result = ExportResult(out, files)
     if onnx:
         from .onnx_export import export_onnx  # optional extra: onnx, onnxruntime
@@ -343,8 +353,11 @@ def _write_model_folder(folder: Path, parts: RunParts, rt: Runtime, run_dir: Pat
 
 
 def export_model(run_dir: Path, out: Path, include_backbone: bool = False, overrides: list[str] | None = None,
-                 onnx: bool = False) -> ExportResult:
+                 onnx: bool = False, license: str | None = None) -> ExportResult:
     """Write the model folder of a finished run (see the module docstring); CPU, fp32.
+
+    ``license``: the model's license for the card's Hub metadata (an SPDX id such as
+    ``apache-2.0``); None writes ``other`` and a note that the weights' and data's terms apply.
 
     The folder is built next to ``out`` and swapped in whole at the end
     (:func:`ulfine.safefiles.replace_folder`): a kill at any instant leaves the previous model
@@ -359,7 +372,7 @@ def export_model(run_dir: Path, out: Path, include_backbone: bool = False, overr
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_folder(out)
     try:
-        result = _write_model_folder(staging, parts, rt, run_dir, out, include, onnx)
+        result = _write_model_folder(staging, parts, rt, run_dir, out, include, onnx, license)
         publish_files(staging)
         replace_folder(staging, out)
     except BaseException:
