@@ -35,11 +35,43 @@ from typing import Any
 import torch
 import yaml
 from peer import PeerCheckout, checkout, stub_module
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "golden" / "fixtures"
 MAX_FIXTURE_BYTES = 100_000
+
+
+# ------------------------------------------------------------------------------ networks
+class FeatureHeads(nn.Module):
+    """A peer's network on given features (ACR, ABC): ``forward`` passes them through, each named
+    linear head holds the fixture's weights (created in ``names`` order, so the global RNG moves as
+    the peer's own constructor would), ``classify`` is the head ``fc``, and moving the network to a
+    GPU (``.cuda()``, ``.to('cuda')``) keeps it on the CPU. A peer's second classifier method is a
+    one-line subclass."""
+
+    def __init__(self, heads: dict[str, torch.Tensor], names: tuple[str, ...]) -> None:
+        super().__init__()
+        for name in names:
+            k, d = heads[f"{name}.weight"].shape
+            self.add_module(name, nn.Linear(d, k))
+        with torch.no_grad():
+            for name in names:
+                getattr(self, name).weight.copy_(heads[f"{name}.weight"])
+                getattr(self, name).bias.copy_(heads[f"{name}.bias"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def classify(self, out: torch.Tensor) -> torch.Tensor:
+        return self.fc(out)
+
+    def cuda(self, *args: Any, **kwargs: Any) -> FeatureHeads:
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> FeatureHeads:
+        return self
 
 
 # ------------------------------------------------------------------------------ command line

@@ -36,9 +36,18 @@ from typing import Any
 
 import fakes
 import torch
-from fakes import caller_locals, command, legacy_torch, open_peer, remove_at_exit, snapshot, stack_steps, write_fixture
+from fakes import (
+    FeatureHeads,
+    caller_locals,
+    command,
+    legacy_torch,
+    open_peer,
+    remove_at_exit,
+    snapshot,
+    stack_steps,
+    write_fixture,
+)
 from peer import provenance, stub_module
-from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 NAME = "abc"
@@ -56,29 +65,14 @@ STEP_VALUES = ["epoch", "inputs_x", "targets_x", "inputs_u", "inputs_u2", "input
                "maskforbalanceu", "Lx", "Lu", "abcloss", "abcloss1", "abcloss2", "totalabcloss", "loss"]
 
 
-class FeatureNet(nn.Module):
-    """ABC's network: ``forward`` passes features through, ``classify``/``classify2`` are its
-    FixMatch head and its auxiliary balanced head."""
+class FeatureNet(FeatureHeads):
+    """ABC's network on features: its heads ``fc`` and ``fc2`` (``classify``/``classify2``)."""
 
     def __init__(self, heads: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self.fc, self.fc2 = nn.Linear(D, K), nn.Linear(D, K)
-        with torch.no_grad():
-            for name in ("fc", "fc2"):
-                getattr(self, name).weight.copy_(heads[f"{name}.weight"])
-                getattr(self, name).bias.copy_(heads[f"{name}.bias"])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def classify(self, out: torch.Tensor) -> torch.Tensor:
-        return self.fc(out)
+        super().__init__(heads, ("fc", "fc2"))
 
     def classify2(self, out: torch.Tensor) -> torch.Tensor:
         return self.fc2(out)
-
-    def cuda(self, *args: Any, **kwargs: Any) -> FeatureNet:  # ABC moves it to the GPU
-        return self
 
 
 def data(seed: int = 0) -> dict[str, torch.Tensor]:

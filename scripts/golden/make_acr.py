@@ -35,7 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fakes import caller_locals, command, legacy_torch, open_peer, remove_at_exit, snapshot, stack_steps, write_fixture
+from fakes import (
+    FeatureHeads,
+    caller_locals,
+    command,
+    legacy_torch,
+    open_peer,
+    remove_at_exit,
+    snapshot,
+    stack_steps,
+    write_fixture,
+)
 from peer import provenance, stub_module
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -54,29 +64,14 @@ STEP_VALUES = ["epoch", "inputs_x", "targets_x", "inputs_u_w", "inputs_u_s", "in
                "now_mask", "count_KL", "Lx", "Lx_b", "Lu", "Lu_b", "loss"]
 
 
-class FeatureNet(nn.Module):
-    """The network: ``forward`` passes features through, ``classify``/``classify1`` are ACR's two
-    heads (standard and balanced)."""
+class FeatureNet(FeatureHeads):
+    """ACR's network on features: its heads ``fc`` and ``fc1`` (``classify``/``classify1``)."""
 
     def __init__(self, heads: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self.fc, self.fc1 = nn.Linear(D, K), nn.Linear(D, K)
-        with torch.no_grad():
-            for name in ("fc", "fc1"):
-                getattr(self, name).weight.copy_(heads[f"{name}.weight"])
-                getattr(self, name).bias.copy_(heads[f"{name}.bias"])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def classify(self, out: torch.Tensor) -> torch.Tensor:
-        return self.fc(out)
+        super().__init__(heads, ("fc", "fc1"))
 
     def classify1(self, out: torch.Tensor) -> torch.Tensor:
         return self.fc1(out)
-
-    def to(self, *args: Any, **kwargs: Any) -> FeatureNet:  # ACR moves it to 'cuda'
-        return self
 
 
 def data(seed: int = 0) -> dict[str, torch.Tensor]:

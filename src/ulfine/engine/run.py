@@ -13,7 +13,7 @@ from torch import nn
 from ..config import Config
 from ..methods import METHODS
 from ..validation import damaged
-from .assemble import RunParts, assemble_run, trainable_parameter_count
+from .assemble import RunParts, assemble_run
 from .checkpoint import CHECKPOINT_DIR, check_loop_state, check_optimizer_state, load_checkpoint, start_over_hint
 from .evaluation import build_eval_sets
 from .optim import Optimization, build_optimization
@@ -88,12 +88,13 @@ def build_trainer(cfg: Config, rt: Runtime, run_dir: Path, report: bool = True) 
     if cfg.train.compile and trains and not parts.feature_mode:
         parts.backbone.visual.compile()
         log.info("image tower compiled with torch.compile")
-    _log_params(parts, trainable_parameter_count(parts.method) if trains else 0)
     sets = build_eval_sets(parts, rt)  # before any resume restores the RNG states
     budget, state = step_budget(cfg.train, trains), TrainState()
     opt = model = None
     if trains:
         opt = build_optimization(parts.method, cfg, budget.total)
+    _log_params(parts, opt.n_trainable if opt is not None else 0)
+    if opt is not None:
         if cfg.resume:
             state = resume_state(run_dir, parts.method, opt, rt, budget.total)
         model, opt.optimizer = rt.accelerator.prepare(StepModule(parts.method), opt.optimizer)

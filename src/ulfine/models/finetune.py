@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..registry import FINETUNE_MODES
 from .backbone import CLIPBackbone
 from .peft import PEFT_MODULES
-from .peft.base import PEFTOptions
+from .peft.base import PEFTOptions, peft_options
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,7 @@ def linear_probing(backbone: CLIPBackbone, peft: str, opts: PEFTOptions | None) 
 @register_finetune_mode("lft", frozen_tower=False)
 def lightweight_finetuning(backbone: CLIPBackbone, peft: str, opts: PEFTOptions | None) -> str:
     """LFT: tower frozen, ``PEFT_MODULES[peft]`` injected around open_clip's blocks."""
-    if opts is None:
-        options_class = PEFT_MODULES.options().get(peft)
-        opts = options_class() if options_class is not None else PEFTOptions()
-    PEFT_MODULES.get(peft)(backbone.visual, opts)
+    PEFT_MODULES.get(peft)(backbone.visual, opts if opts is not None else peft_options(peft))
     return f"lft/{peft}"
 
 
