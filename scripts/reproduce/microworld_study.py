@@ -6,6 +6,8 @@
     python scripts/reproduce/microworld_study.py ulfine --workers 2   # ULFine's [R] choices, dev seeds 0 1 2
     python scripts/reproduce/microworld_study.py baselines --workers 2  # the baselines' options, dev seeds 0 1 2
     python scripts/reproduce/microworld_study.py combos --workers 2   # round 2: each method's best options combined
+    python scripts/reproduce/microworld_study.py regime25 --workers 2  # the N1=25 regime: R2', R5a', R7 (issue 23)
+    python scripts/reproduce/microworld_study.py finessl --workers 2   # the rebuilt FineSSL's options (issue 23)
 
 The final table (report seeds 3, 4, 5, three settings) is ``python benchmarks/accuracy.py``.
 Rules (declared in docs/microworld.md section 0 before any of this ran): learning rates are
@@ -30,6 +32,8 @@ from ulfine.microworld.task import STRATEGIES, strategy_overrides
 LOFT_RECIPE = ("ssl.tau=0.6",)
 _LA = "fixmatch_la.adjust=both"
 PRESET = "microworld_n100_m200_g20_consistent"
+#: the second label regime (issue 23, declared in docs/microworld.md 0 before it ran)
+PRESET25 = "microworld_n25_m200_g20_consistent"
 DEV_SEEDS = (0, 1, 2)
 LFT = (*strategy_overrides("lft"), "eval.every_epochs=5")  # the chosen LFT recipe; final model only
 LRS = (0.003, 0.01, 0.03, 0.1)
@@ -134,18 +138,44 @@ COMBOS: dict[str, tuple[str, tuple[str, ...]]] = {
     "LoFT tau 0.7, tau_ood 0.2": ("loft", ("ssl.tau=0.7", _OOD)),
     "LoFT lambda_soft 0.5, tau 0.7, tau_ood 0.2": ("loft", (_LS, "ssl.tau=0.7", _OOD)),
 }
+#: the N1=25 regime's checks (docs/microworld.md 0): supervised and FixMatch for R5a' (evaluated
+#: every epoch), with FineSSL and ULFine for R7, each at the options chosen on N1=100's dev seeds;
+#: label -> (method, overrides); ``--epochs`` sets the budget the rule tries (5, then 10, 20)
+REGIME25: dict[str, tuple[str, tuple[str, ...]]] = {
+    "LFT supervised": ("supervised", ()),
+    "FixMatch tau 0.95": ("fixmatch", ("ssl.tau=0.95",)),
+    "FineSSL defaults": ("finessl", ()),
+    "ULFine": ("ulfine", ()),
+}
+#: the rebuilt FineSSL (issue 21) gets 7.4's budget per option family: the shared threshold's two
+#: alternatives and two for each of its own numeric options (the issue names alpha, w_con,
+#: smoothing); its defaults are its code's ([B])
+FINESSL_VARIANTS: dict[str, tuple[str, ...]] = {
+    "FineSSL defaults": (),
+    "FineSSL tau 0.6": ("ssl.tau=0.6",),
+    "FineSSL tau 0.8": ("ssl.tau=0.8",),
+    "FineSSL alpha 4": ("finessl.alpha=4",),
+    "FineSSL alpha 16": ("finessl.alpha=16",),
+    "FineSSL w_con 1": ("finessl.w_con=1",),
+    "FineSSL w_con 6": ("finessl.w_con=6",),
+    "FineSSL smoothing 0.1": ("finessl.smoothing=0.1",),
+    "FineSSL smoothing 0.8": ("finessl.smoothing=0.8",),
+}
+_SSL_COLUMNS = ["overall", "head", "medium", "tail", "pl_precision", "pl_false_confident"]
 COLUMNS = {
     "lr": ["val_overall", "val_balanced", "overall"],
     "regime": ["overall", "overall_last_k", "head", "medium", "tail"],
     "ulfine": ["overall", "head", "medium", "tail", "pl_precision", "pl_false_confident"],
     "baselines": ["overall", "head", "medium", "tail", "pl_precision", "pl_false_confident"],
-    "combos": ["overall", "head", "medium", "tail", "pl_precision", "pl_false_confident"],
+    "combos": _SSL_COLUMNS,
+    "regime25": ["overall", "overall_last_k", "head", "medium", "tail"],
+    "finessl": _SSL_COLUMNS,
 }
 
 
-def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None) -> Grid:
+def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None, epochs: int = 5) -> Grid:
     """The runs of one stage (only the rows labelled in ``rows``, when given)."""
-    grid = Grid(f"microworld_{stage}")
+    grid = Grid(f"microworld_{stage}" + (f"_e{epochs}" if stage == "regime25" and epochs != 5 else ""))
     if stage == "lr":
         for ft in STRATEGIES:
             for lr in LRS:
@@ -171,6 +201,14 @@ def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None) -> G
             if rows is None or label in rows:
                 start = ULFINE_START if method == "ulfine" else ()
                 grid.add(label, PRESET, method, seeds, *LFT, *start, *overrides)
+    elif stage == "regime25":
+        for label, (method, overrides) in REGIME25.items():
+            grid.add(f"{label}, {epochs} epochs", PRESET25, method, seeds, *strategy_overrides("lft"),
+                     *overrides, f"train.epochs={epochs}", "eval.every_epochs=1")
+    elif stage == "finessl":
+        for label, overrides in FINESSL_VARIANTS.items():
+            if rows is None or label in rows:
+                grid.add(label, PRESET, "finessl", seeds, *LFT, *overrides)
     else:
         raise SystemExit(f"unknown stage {stage!r}")
     return grid
@@ -181,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", choices=list(COLUMNS))
     parser.add_argument("--rows", nargs="+", default=None, metavar="LABEL",
                         help="only these rows of the ulfine/baselines stages (default: all)")
+    parser.add_argument("--epochs", type=int, default=5, choices=(5, 10, 20),
+                        help="regime25: the budget the rule tries (x 50 steps; 5 first, docs/microworld.md 0)")
     args = parser.parse_args(argv)
     if set(args.seeds) - set(DEV_SEEDS):
         parser.error(f"the study chooses on dev seeds {DEV_SEEDS} only; report seeds belong to benchmarks/accuracy.py")
-    grid = build_grid(args.stage, args.seeds, args.rows)
+    grid = build_grid(args.stage, args.seeds, args.rows, args.epochs)
     return finish(grid, args, per_preset_tables(COLUMNS[args.stage]), f"Micro-world study: {args.stage}")
 
 

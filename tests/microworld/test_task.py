@@ -39,7 +39,9 @@ def test_class_names_tokenise_to_the_same_words() -> None:
 
 
 def test_presets_exist_and_state_the_micro_model() -> None:
-    assert PRESETS == [f"microworld_n100_m200_g20_{o}" for o in ("consistent", "reversed", "uniform")]
+    orders = ("consistent", "reversed", "uniform")
+    # two label regimes (docs/microworld.md 0): N1=100 (2 unlabeled per labeled image) and N1=25 (8)
+    assert PRESETS == sorted(f"microworld_n{n1}_m200_g20_{o}" for n1 in (100, 25) for o in orders)
     for name in PRESETS:
         cfg = load_config(name)
         assert (cfg.model.arch, cfg.model.pretrained, cfg.data.dataset) == ("ulfine-micro-vit", "micro", "microworld")
@@ -53,10 +55,11 @@ def test_presets_exist_and_state_the_micro_model() -> None:
 def test_split_counts_per_preset(name: str) -> None:
     cfg = load_config(name)
     plan = plan_counts(cfg.data)
-    labeled = class_counts(100, 24, 20.0)
-    # hand formula N_k = floor(100 * 20^(-(k-1)/23)), last class pinned to floor(100/20) = 5
-    assert labeled == [100, 87, 77, 67, 59, 52, 45, 40, 35, 30, 27, 23, 20, 18, 16, 14, 12, 10, 9, 8, 7, 6, 5, 5]
-    assert plan.labeled == labeled and sum(labeled) == 772
+    # hand formula N_k = floor(N1 * 20^(-(k-1)/23)), last class pinned to floor(N1/20)
+    by_head = {100: [100, 87, 77, 67, 59, 52, 45, 40, 35, 30, 27, 23, 20, 18, 16, 14, 12, 10, 9, 8, 7, 6, 5, 5],
+               25: [25, 21, 19, 16, 14, 13, 11, 10, 8, 7, 6, 5, 5, 4, 4, 3, 3, 2, 2, 2, 1, 1, 1, 1]}
+    labeled = by_head[cfg.data.num_labeled_head]
+    assert plan.labeled == labeled and sum(labeled) == {100: 772, 25: 184}[cfg.data.num_labeled_head]
     order = name.rsplit("_", 1)[1]
     expected_u = {"consistent": class_counts(200, 24, 20.0), "uniform": [200] * 24,
                   "reversed": class_counts(200, 24, 20.0)[::-1]}[order]
