@@ -1,4 +1,4 @@
-"""Accuracy benchmark on the micro world: every method x 3 seeds x 3 unlabeled settings.
+"""Accuracy benchmark on the micro world: every method x 3 seeds x 3 unlabeled settings x 2 label regimes.
 
 Why: an end-to-end accuracy signal that runs offline on a laptop CPU, with mean and std over
 seeds, so that a change to a method or to the engine shows up as a number, not an anecdote.
@@ -7,8 +7,12 @@ on the validation split and the development seeds 0, 1, 2 (scripts/reproduce/mic
 docs/microworld.md section 7); this benchmark reports the final model on seeds 3, 4, 5, and
 nothing is chosen here.
 
-    python benchmarks/accuracy.py                      # everything (9 methods x seeds 3 4 5 x 3 settings)
-    python benchmarks/accuracy.py --settings consistent --workers 2
+    python benchmarks/accuracy.py                      # everything (9 methods x seeds 3 4 5 x 3 settings x 2 regimes)
+    python benchmarks/accuracy.py --settings consistent --regimes n25 --workers 2
+
+The two label regimes (docs/microworld.md 0): ``n100`` (N1=100, 2 unlabeled images per labeled
+one) and ``n25`` (N1=25, 8 per labeled one), both M1=200 and gamma 20; each preset carries its
+benchmark budget.
 
 Each finished run is appended to ``OUT/rows.jsonl`` at once (a killed benchmark keeps what it
 has, and a re-run skips finished runs); the tables (built by ``ulfine.apps.results``) are
@@ -26,11 +30,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-SETTINGS = {
-    "consistent": "microworld_n100_m200_g20_consistent",
-    "uniform": "microworld_n100_m200_g20_uniform",
-    "reversed": "microworld_n100_m200_g20_reversed",
-}
+SETTINGS = ("consistent", "uniform", "reversed")
+REGIMES = {"n100": 100, "n25": 25}
+
+
+def preset_name(regime: str, setting: str) -> str:
+    """The micro-world preset of one label regime and unlabeled setting."""
+    return f"microworld_n{REGIMES[regime]}_m200_g20_{setting}"
 
 
 def _run_one(label: str, preset: str, seed: int, runs_dir: str, overrides: list[str], threads: int) -> dict:
@@ -47,7 +53,8 @@ def _run_one(label: str, preset: str, seed: int, runs_dir: str, overrides: list[
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    ap.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    ap.add_argument("--regimes", nargs="+", choices=list(REGIMES), default=list(REGIMES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[3, 4, 5], help="report seeds (default 3 4 5)")
     ap.add_argument("--methods", nargs="+", default=None, help="labels (default: all); see --list")
     ap.add_argument("--list", action="store_true", help="list the method labels and exit")
@@ -74,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     rows_file = out / "rows.jsonl"
     done = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.is_file() else []
     have = {(d["preset"], d["label"], d["seed"]) for d in done}
-    jobs = [(m.label, SETTINGS[s], seed) for s in args.settings for seed in args.seeds for m in methods
-            if (SETTINGS[s], m.label, seed) not in have and not args.aggregate_only]
+    presets = [preset_name(r, s) for r in args.regimes for s in args.settings]
+    jobs = [(m.label, p, seed) for p in presets for seed in args.seeds for m in methods
+            if (p, m.label, seed) not in have and not args.aggregate_only]
     print(f"accuracy benchmark: {len(jobs)} runs to do ({len(have)} already in {rows_file}), "
           f"{args.workers} worker(s) x {args.threads} thread(s)", flush=True)
     start = time.perf_counter()
@@ -95,10 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i}/{len(jobs)}] {preset} {label} seed {seed}: overall {100 * row['overall']:.1f} "
                   f"tail {100 * row['tail']:.1f} ({row['train_seconds']:.0f} s train; "
                   f"{time.perf_counter() - start:.0f} s elapsed)", flush=True)
-    rows = rows_from_json(done)
+    rows = [r for r in rows_from_json(done) if r.preset in presets]
     order = {m.label: i for i, m in enumerate(BENCHMARK_METHODS)}
-    rows.sort(key=lambda r: (list(SETTINGS.values()).index(r.preset) if r.preset in SETTINGS.values() else 99,
-                             order.get(r.label, 99), r.seed))
+    rows.sort(key=lambda r: (presets.index(r.preset), order.get(r.label, 99), r.seed))
     entries = aggregate(rows)
     (out / "accuracy.json").write_text(json.dumps({"overrides": args.overrides, "results": entries}, indent=1) + "\n")
     (out / "accuracy.csv").write_text(aggregate_csv(entries))
@@ -108,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     (out / "accuracy.md").write_text(md)
     print(md)
     if args.publish:
-        publish(Path(args.publish), entries, args, argv if argv is not None else sys.argv[1:])
+        publish(Path(args.publish), entries, args, argv if argv is not None else sys.argv[1:], presets)
     return 0
 
 
-def publish(path: Path, entries: list[dict], args: argparse.Namespace, argv: list[str]) -> None:
+def publish(path: Path, entries: list[dict], args: argparse.Namespace, argv: list[str],
+            presets: list[str]) -> None:
     """The benchmark's table as the demo shows it: the results with how they were made."""
     import platform
 
@@ -120,12 +128,15 @@ def publish(path: Path, entries: list[dict], args: argparse.Namespace, argv: lis
 
     from ulfine.config import load_config
 
-    cfg = load_config(SETTINGS[args.settings[0]])
+    budgets = {}
+    for name in presets:
+        train = load_config(name, list(args.overrides)).train
+        budgets[name] = f"{train.epochs} epochs x {train.steps_per_epoch} steps"
     shown = [a for a in argv if not a.startswith("--publish") and a != args.publish]
     record = {
         "command": " ".join(["python benchmarks/accuracy.py", *shown]),
-        "seeds": args.seeds, "settings": args.settings, "overrides": args.overrides,
-        "budget": f"{cfg.train.epochs} epochs x {cfg.train.steps_per_epoch} steps (the presets')",
+        "seeds": args.seeds, "settings": args.settings, "regimes": args.regimes, "presets": presets,
+        "overrides": args.overrides, "budget": budgets,
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{args.workers} run(s) at a time x {args.threads} thread(s)",
         "date": time.strftime("%Y-%m-%d"),

@@ -153,7 +153,7 @@ def test_recipes_are_data_read_as_overrides(tmp_path, monkeypatch):
 
     assert recipe_overrides("microworld", "tuned", "fixmatch") == ("ssl.tau=0.95",)
     assert recipe_overrides("microworld", "tuned", "ulfine") == ()  # ULFine's are the code's defaults
-    for name, groups in (("published", [[]]), ("microworld", [["strategy"], ["tuned"]])):
+    for name, groups in (("published", [[]]), ("microworld", [["strategy"], ["tuned"], ["scaled"]])):
         for group in groups:
             for key in load_recipes(name) if not group else load_recipes(name)[group[0]]:
                 load_config(None, list(recipe_overrides(name, *group, key)))  # every value validates

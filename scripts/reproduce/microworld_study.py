@@ -8,6 +8,8 @@
     python scripts/reproduce/microworld_study.py combos --workers 2   # round 2: each method's best options combined
     python scripts/reproduce/microworld_study.py regime25 --workers 2  # the N1=25 regime: R2', R5a', R7 (issue 23)
     python scripts/reproduce/microworld_study.py finessl --workers 2   # the rebuilt FineSSL's options (issue 23)
+    python scripts/reproduce/microworld_study.py finessl_combos --workers 2  # its round 2, by 7.5's rule
+    python scripts/reproduce/microworld_study.py field --workers 2     # the field's baselines (issue 24)
 
 The final table (report seeds 3, 4, 5, three settings) is ``python benchmarks/accuracy.py``.
 Rules (declared in docs/microworld.md section 0 before any of this ran): learning rates are
@@ -22,8 +24,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Grid, base_parser, finish, per_preset_tables
+from common import Grid, base_parser, finish, per_preset_tables, records
 
+from ulfine.apps.compare import scaled
 from ulfine.microworld.task import STRATEGIES, strategy_overrides
 
 #: the study ran before the faithful baselines (issue 21); its grids keep what it ran then:
@@ -161,6 +164,59 @@ FINESSL_VARIANTS: dict[str, tuple[str, ...]] = {
     "FineSSL smoothing 0.1": ("finessl.smoothing=0.1",),
     "FineSSL smoothing 0.8": ("finessl.smoothing=0.8",),
 }
+#: the field's baselines (issue 24), on LFT with their world-scaled settings (``scaled:`` in
+#: configs/recipes/microworld.yaml): the code's defaults ([B]), the shared threshold's two
+#: alternatives, and two for each own numeric option that changes training (CDMAD and CPE have
+#: none that is not structural: CPE's expert margins are its method, ema_u a diagnostic)
+FIELD_OWN: dict[str, dict[str, tuple[str, str]]] = {
+    "abc": {"loss_weight": ("0.5", "2")},
+    "daso": {"dist_temp": ("0.3", "1.0"), "align_weight": ("0.5", "2")},
+    "debiaspl": {"tau": ("0.2", "1.0"), "qhat_momentum": ("0.99", "0.9999")},
+    "simpro": {"tau": ("1", "3"), "ema_u": ("0.5", "0.99")},
+    "cdmad": {},
+    "cpe": {},
+}
+FIELD_NAMES = {"abc": "ABC", "daso": "DASO", "debiaspl": "DebiasPL", "simpro": "SimPro", "cdmad": "CDMAD",
+               "cpe": "CPE"}
+
+
+def field_variants() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """label -> (method, overrides) of the field stage, in the labels ``round_two`` reads."""
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for method, own in FIELD_OWN.items():
+        name, base = FIELD_NAMES[method], scaled(method)
+        out[f"{name} defaults"] = (method, base)
+        for tau in ("0.6", "0.8"):
+            out[f"{name} tau {tau}"] = (method, (*base, f"ssl.tau={tau}"))
+        for option, values in own.items():
+            for value in values:
+                # the dotted name: DebiasPL's and SimPro's own ``tau`` are not the threshold
+                out[f"{name} {method}.{option} {value}"] = (method, (*base, f"{method}.{option}={value}"))
+    return out
+
+
+def family(label: str) -> str:
+    """The option family of a round-1 row: "FineSSL tau 0.6" -> "tau"."""
+    return label.split()[-2]
+
+
+def round_two(means: dict[str, float], method_label: str) -> dict[str, tuple[str, ...]]:
+    """7.5's rule applied to round-1 means (label -> mean overall on the dev seeds): the best
+    alternative of each family that beat the defaults, the three families that gained most, every
+    pair and the triple. Returns label -> the alternatives' labels combined."""
+    base = means[f"{method_label} defaults"]
+    best: dict[str, str] = {}
+    for label, mean in means.items():
+        if label.endswith("defaults") or mean <= base:
+            continue
+        fam = family(label)
+        if fam not in best or mean > means[best[fam]]:
+            best[fam] = label
+    top = sorted(best.values(), key=lambda lab: -means[lab])[:3]
+    sets = [(a, b) for i, a in enumerate(top) for b in top[i + 1:]] + ([tuple(top)] if len(top) == 3 else [])
+    return {f"{method_label} " + ", ".join(" ".join(lab.split()[-2:]) for lab in combo): combo for combo in sets}
+
+
 _SSL_COLUMNS = ["overall", "head", "medium", "tail", "pl_precision", "pl_false_confident"]
 COLUMNS = {
     "lr": ["val_overall", "val_balanced", "overall"],
@@ -170,10 +226,26 @@ COLUMNS = {
     "combos": _SSL_COLUMNS,
     "regime25": ["overall", "overall_last_k", "head", "medium", "tail"],
     "finessl": _SSL_COLUMNS,
+    "finessl_combos": _SSL_COLUMNS,
+    "field": _SSL_COLUMNS,
 }
 
 
-def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None, epochs: int = 5) -> Grid:
+def finessl_round_two(seeds: list[int], runs_dir: Path) -> dict[str, tuple[str, ...]]:
+    """FineSSL's round 2 from its finished round 1 (every row on every dev seed, or an error)."""
+    import statistics
+
+    round1 = build_grid("finessl", seeds)
+    done = {(r.label, r.seed): r.metrics["overall_acc"] for r in records(round1, runs_dir)}
+    missing = [f"{r.label} seed {r.seed}" for r in round1.runs if (r.label, r.seed) not in done]
+    if missing:
+        raise SystemExit(f"finessl_combos needs the whole finessl stage first; missing: {', '.join(missing)}")
+    means = {lab: statistics.fmean(done[lab, s] for s in seeds) for lab in round1.labels}
+    return round_two(means, "FineSSL")
+
+
+def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None, epochs: int = 5,
+               runs_dir: Path = Path("runs/reproduce")) -> Grid:
     """The runs of one stage (only the rows labelled in ``rows``, when given)."""
     grid = Grid(f"microworld_{stage}" + (f"_e{epochs}" if stage == "regime25" and epochs != 5 else ""))
     if stage == "lr":
@@ -209,6 +281,13 @@ def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None, epoc
         for label, overrides in FINESSL_VARIANTS.items():
             if rows is None or label in rows:
                 grid.add(label, PRESET, "finessl", seeds, *LFT, *overrides)
+    elif stage == "field":
+        for label, (method, overrides) in field_variants().items():
+            if rows is None or label in rows:
+                grid.add(label, PRESET, method, seeds, *LFT, *overrides)
+    elif stage == "finessl_combos":
+        for label, combo in finessl_round_two(seeds, runs_dir).items():
+            grid.add(label, PRESET, "finessl", seeds, *LFT, *(o for lab in combo for o in FINESSL_VARIANTS[lab]))
     else:
         raise SystemExit(f"unknown stage {stage!r}")
     return grid
@@ -224,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if set(args.seeds) - set(DEV_SEEDS):
         parser.error(f"the study chooses on dev seeds {DEV_SEEDS} only; report seeds belong to benchmarks/accuracy.py")
-    grid = build_grid(args.stage, args.seeds, args.rows, args.epochs)
+    grid = build_grid(args.stage, args.seeds, args.rows, args.epochs, args.runs_dir)
     return finish(grid, args, per_preset_tables(COLUMNS[args.stage]), f"Micro-world study: {args.stage}")
 
 

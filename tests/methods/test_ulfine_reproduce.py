@@ -153,3 +153,51 @@ def test_confidence_histogram_plot_has_one_panel_per_row(tmp_path):
     png = plot_confidence_histograms([("a", hist), ("b", hist), ("c", hist)], tmp_path / "h.png", "t")
     height, width, _ = imread(png).shape
     assert (width, height) == (round(3 * 3.8 * 120), round((3.2 + 0.5) * 120))  # 3 panels in one row
+
+
+def test_round_two_rule_combines_the_three_families_that_gained_most() -> None:
+    """docs/microworld.md 7.5's rule, mechanically: per family the best alternative that beat the
+    defaults; the top three families; every pair and the triple."""
+    mod = _load("microworld_study")
+    means = {"M defaults": 60.0, "M tau 0.6": 61.0, "M tau 0.8": 62.0, "M alpha 4": 59.0,
+             "M alpha 16": 63.0, "M w_con 1": 60.5, "M w_con 6": 58.0, "M smoothing 0.1": 60.2,
+             "M smoothing 0.8": 59.0}
+    combos = mod.round_two(means, "M")
+    assert combos == {
+        "M alpha 16, tau 0.8": ("M alpha 16", "M tau 0.8"),
+        "M alpha 16, w_con 1": ("M alpha 16", "M w_con 1"),
+        "M tau 0.8, w_con 1": ("M tau 0.8", "M w_con 1"),
+        "M alpha 16, tau 0.8, w_con 1": ("M alpha 16", "M tau 0.8", "M w_con 1"),
+    }
+    # one gaining family: nothing to combine; none: nothing either
+    assert mod.round_two({"M defaults": 60.0, "M tau 0.8": 61.0, "M alpha 4": 59.0}, "M") == {}
+    assert mod.round_two({"M defaults": 60.0, "M tau 0.8": 60.0}, "M") == {}
+
+
+def test_finessl_round_two_waits_for_the_whole_round_one(tmp_path) -> None:
+    mod = _load("microworld_study")
+    with pytest.raises(SystemExit, match="needs the whole finessl stage"):
+        mod.build_grid("finessl_combos", [0, 1, 2], runs_dir=tmp_path)
+
+
+def test_regime25_stage_evaluates_every_epoch_at_the_budget_tried(capsys, tmp_path) -> None:
+    mod = _load("microworld_study")
+    cmds = _dry(mod, capsys, "regime25", "--epochs", "10", "--runs-dir", str(tmp_path))
+    assert len(cmds) == 4 * 3
+    assert {c[3] for c in cmds} == {"microworld_n25_m200_g20_consistent"}
+    assert all("train.epochs=10" in c and "eval.every_epochs=1" in c for c in cmds)
+    assert {c[4] for c in cmds} == {"method=supervised", "method=fixmatch", "method=finessl", "method=ulfine"}
+    assert all(c[-1].startswith(f"output_dir={tmp_path}/microworld_regime25_e10/") for c in cmds)
+
+
+def test_field_stage_gives_each_baseline_its_scaled_settings_and_distinct_families() -> None:
+    """Every row of a field baseline carries the world-scaled settings; the shared threshold and
+    a method's own ``tau`` are different option families (round 2 must not merge them)."""
+    mod = _load("microworld_study")
+    variants = mod.field_variants()
+    for label, (method, overrides) in variants.items():
+        assert set(mod.scaled(method)) <= set(overrides), label
+    assert "cdmad.debias_from_epoch=1" in variants["CDMAD defaults"][1]
+    families = {mod.family(lab) for lab in variants if lab.startswith("DebiasPL") and "defaults" not in lab}
+    assert families == {"tau", "debiaspl.tau", "debiaspl.qhat_momentum"}
+    assert len(variants) == sum(3 + 2 * len(own) for own in mod.FIELD_OWN.values())

@@ -110,9 +110,12 @@ def benchmark_section(path: Path = BENCHMARK_FILE) -> str:
     if not path.is_file():
         return ""
     bench = json.loads(path.read_text())
+    budget = bench["budget"]  # one string, or preset -> budget (one per label regime)
+    if isinstance(budget, dict):
+        budget = ", ".join(f"{preset}: {b}" for preset, b in budget.items())
     return "\n".join([
         f"## The accuracy benchmark on the same world (seeds {', '.join(map(str, bench['seeds']))}, full budget)",
-        "", f"`{bench['command']}` ({bench['budget']}; {bench['machine']}; {bench['date']}). "
+        "", f"`{bench['command']}` ({budget}; {bench['machine']}; {bench['date']}). "
         "Test accuracy (%) of the final model, mean ± std over the seeds; docs/microworld.md "
         "section 7 has the study behind every choice.", "",
         *([f"> {bench['note']}", ""] if bench.get("note") else []),
