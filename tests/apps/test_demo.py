@@ -38,6 +38,13 @@ def test_benchmark_section_shows_the_published_table_and_its_command(tmp_path: P
     row = next(line for line in text.splitlines() if line.startswith("| ULFine (LFT)"))
     assert [c.strip() for c in row.strip("|").split("|")] == [
         "ULFine (LFT)", "3", "61.2 ± 0.7", "75.0 ± 2.0", "60.0 ± 0.0", "40.1 ± 1.3", "90.0 ± 5.0", "120.0 ± 3.0"]
+    # one budget per label regime: each preset's is named
+    record = json.loads(path.read_text())
+    record["budget"] = {"microworld_n100_m200_g20_consistent": "5 epochs x 50 steps",
+                        "microworld_n25_m200_g20_consistent": "10 epochs x 50 steps"}
+    path.write_text(json.dumps(record))
+    assert ("(microworld_n100_m200_g20_consistent: 5 epochs x 50 steps, microworld_n25_m200_g20_consistent: "
+            "10 epochs x 50 steps; a CPU;") in benchmark_section(path)
 
 
 def test_clear_previous_runs_only_removes_run_folders(tmp_path: Path) -> None:
