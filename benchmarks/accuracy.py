@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _grid import Job, add_grid_arguments, machine, plan, read_rows, run_grid, shown_command, threads_per_run
 
 SETTINGS = ("consistent", "uniform", "reversed")
 REGIMES = {"n100": 100, "n25": 25}
@@ -39,7 +40,7 @@ def preset_name(regime: str, setting: str) -> str:
     return f"microworld_n{REGIMES[regime]}_m200_g20_{setting}"
 
 
-def _run_one(label: str, preset: str, seed: int, runs_dir: str, overrides: list[str], threads: int) -> dict:
+def _run_one(job: Job, runs_dir: str, overrides: list[str], threads: int) -> dict:
     """One engine run in a worker process (own torch thread count, no progress bars)."""
     import torch
 
@@ -47,25 +48,20 @@ def _run_one(label: str, preset: str, seed: int, runs_dir: str, overrides: list[
     from ulfine.apps.compare import BENCHMARK_METHODS, run_method
     from ulfine.apps.results import rows_to_json
 
-    spec = next(m for m in BENCHMARK_METHODS if m.label == label)
-    return rows_to_json([run_method(spec, preset, seed, Path(runs_dir), overrides, progress=False)])[0]
+    spec = next(m for m in BENCHMARK_METHODS if m.label == job.label)
+    return rows_to_json([run_method(spec, job.preset, job.seed, Path(runs_dir), overrides, progress=False)])[0]
+
+
+def _describe(row: dict) -> str:
+    return f"overall {100 * row['overall']:.1f} tail {100 * row['tail']:.1f} ({row['train_seconds']:.0f} s train)"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     ap.add_argument("--regimes", nargs="+", choices=list(REGIMES), default=list(REGIMES))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[3, 4, 5], help="report seeds (default 3 4 5)")
-    ap.add_argument("--methods", nargs="+", default=None, help="labels (default: all); see --list")
-    ap.add_argument("--list", action="store_true", help="list the method labels and exit")
-    ap.add_argument("--out", default="benchmarks/results/accuracy")
-    ap.add_argument("--workers", type=int, default=1, help="parallel runs (processes)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / workers)")
-    ap.add_argument("--aggregate-only", action="store_true", help="only rebuild the tables from rows.jsonl")
-    ap.add_argument("--publish", metavar="JSON", default=None,
-                    help="also write the mean ± std table with the command, seeds and machine to JSON "
-                    "(the demo's report shows src/ulfine/assets/microworld_benchmark.json)")
-    ap.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
+    add_grid_arguments(ap, seeds=[3, 4, 5], out="benchmarks/results/accuracy",
+                       publish_note=" (the demo's report shows src/ulfine/assets/microworld_benchmark.json)")
     args = ap.parse_args(argv)
     # late imports: ulfine (torch, the engine) loads after the arguments parse, so --help is fast
     from ulfine.apps.compare import BENCHMARK_METHODS
@@ -74,35 +70,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(m.label for m in BENCHMARK_METHODS))
         return 0
-    args.threads = args.threads or max(1, (os.cpu_count() or 2) // args.workers)
+    args.threads = threads_per_run(args.threads, args.workers)
     methods = [m for m in BENCHMARK_METHODS if args.methods is None or m.label in args.methods]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows_file = out / "rows.jsonl"
-    done = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.is_file() else []
-    have = {(d["preset"], d["label"], d["seed"]) for d in done}
+    done = read_rows(rows_file)
     presets = [preset_name(r, s) for r in args.regimes for s in args.settings]
-    jobs = [(m.label, p, seed) for p in presets for seed in args.seeds for m in methods
-            if (p, m.label, seed) not in have and not args.aggregate_only]
-    print(f"accuracy benchmark: {len(jobs)} runs to do ({len(have)} already in {rows_file}), "
+    candidates = [] if args.aggregate_only else [
+        Job(m.label, p, seed) for p in presets for seed in args.seeds for m in methods]
+    jobs = plan(candidates, ((d["preset"], d["label"], d["seed"]) for d in done),
+                key=lambda j: (j.preset, j.label, j.seed))
+    print(f"accuracy benchmark: {len(jobs)} runs to do ({len(done)} already in {rows_file}), "
           f"{args.workers} worker(s) x {args.threads} thread(s)", flush=True)
-    start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(_run_one, label, preset, seed, str(out / "runs"), args.overrides, args.threads):
-                   (label, preset, seed) for label, preset, seed in jobs}
-        for i, fut in enumerate(as_completed(futures), 1):
-            label, preset, seed = futures[fut]
-            try:
-                row = fut.result()
-            except Exception as exc:  # keep going: one failed run must not lose the others
-                print(f"[{i}/{len(jobs)}] FAILED {preset} {label} seed {seed}: {type(exc).__name__}: {exc}", flush=True)
-                continue
-            with rows_file.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            done.append(row)
-            print(f"[{i}/{len(jobs)}] {preset} {label} seed {seed}: overall {100 * row['overall']:.1f} "
-                  f"tail {100 * row['tail']:.1f} ({row['train_seconds']:.0f} s train; "
-                  f"{time.perf_counter() - start:.0f} s elapsed)", flush=True)
+    done += run_grid(jobs, _run_one, (str(out / "runs"), args.overrides, args.threads), rows_file,
+                     args.workers, _describe)
     rows = [r for r in rows_from_json(done) if r.preset in presets]
     order = {m.label: i for i, m in enumerate(BENCHMARK_METHODS)}
     rows.sort(key=lambda r: (presets.index(r.preset), order.get(r.label, 99), r.seed))
@@ -122,23 +104,17 @@ def main(argv: list[str] | None = None) -> int:
 def publish(path: Path, entries: list[dict], args: argparse.Namespace, argv: list[str],
             presets: list[str]) -> None:
     """The benchmark's table as the demo shows it: the results with how they were made."""
-    import platform
-
-    import torch
-
     from ulfine.config import load_config
 
     budgets = {}
     for name in presets:
         train = load_config(name, list(args.overrides)).train
         budgets[name] = f"{train.epochs} epochs x {train.steps_per_epoch} steps"
-    shown = [a for a in argv if not a.startswith("--publish") and a != args.publish]
     record = {
-        "command": " ".join(["python benchmarks/accuracy.py", *shown]),
+        "command": shown_command("benchmarks/accuracy.py", argv, args.publish),
         "seeds": args.seeds, "settings": args.settings, "regimes": args.regimes, "presets": presets,
         "overrides": args.overrides, "budget": budgets,
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{args.workers} run(s) at a time x {args.threads} thread(s)",
+        "machine": machine(args.workers, args.threads),
         "date": time.strftime("%Y-%m-%d"),
         "results": entries,
     }

@@ -1,0 +1,112 @@
+"""The resumable grid of engine runs of the accuracy benchmarks (benchmarks/fashion_mnist.py; the
+same loop in benchmarks/accuracy.py is to move here): command-line options, job planning, the
+process pool that appends each finished run to ``OUT/rows.jsonl`` at once, and the machine line of
+a published table.
+
+Why one module: both benchmarks ask the same thing of the engine (method x preset x seed through
+``ulfine.apps.compare.run_method``), and a killed grid must keep what it has and a re-run must
+skip it, the same way in both; only the rows they keep and the tables they print differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROWS_FILE = "rows.jsonl"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of a grid: a method label (a MethodSpec's) on a preset with a seed."""
+
+    label: str
+    preset: str
+    seed: int
+
+
+def add_grid_arguments(ap: argparse.ArgumentParser, seeds: Sequence[int], out: str, publish_note: str = "") -> None:
+    """The options every grid benchmark takes (seeds, methods, out, pool, aggregation, publish)."""
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(seeds),
+                    help=f"seeds (default {' '.join(map(str, seeds))})")
+    ap.add_argument("--methods", nargs="+", default=None, help="method labels (default: all); see --list")
+    ap.add_argument("--list", action="store_true", help="list the method labels and exit")
+    ap.add_argument("--out", default=out, help=f"results folder (default {out})")
+    ap.add_argument("--workers", type=int, default=1, help="parallel runs (processes)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / workers)")
+    ap.add_argument("--aggregate-only", action="store_true", help=f"only rebuild the tables from {ROWS_FILE}")
+    ap.add_argument("--publish", metavar="JSON", default=None,
+                    help="also write the mean ± std table with the command, seeds and machine to JSON" + publish_note)
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
+
+
+def threads_per_run(threads: int | None, workers: int) -> int:
+    """``--threads``, or the machine's cores shared evenly by the parallel runs."""
+    return threads or max(1, (os.cpu_count() or 2) // workers)
+
+
+def read_rows(rows_file: Path) -> list[dict[str, Any]]:
+    """The finished runs so far (one JSON object a line; none when the file is absent)."""
+    if not rows_file.is_file():
+        return []
+    return [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+
+
+def plan(candidates: Iterable[Job], done: Iterable[tuple], key: Callable[[Job], tuple]) -> list[Job]:
+    """The candidates whose ``key`` is not among the finished runs' keys, in order."""
+    have = set(done)
+    return [job for job in candidates if key(job) not in have]
+
+
+def run_grid(jobs: Sequence[Job], work: Callable[..., dict[str, Any]], args: tuple, rows_file: Path,
+             workers: int, describe: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
+    """Run ``work(job, *args)`` for every job in ``workers`` processes; append each returned row
+    to ``rows_file`` as soon as it finishes (a killed grid keeps it) and return the new rows.
+
+    A failed run is reported and skipped, so one bad run never loses the others.
+    """
+    new: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(work, job, *args): job for job in jobs}
+        for i, fut in enumerate(as_completed(futures), 1):
+            job = futures[fut]
+            try:
+                row = fut.result()
+            except Exception as exc:  # keep going: one failed run must not lose the others
+                print(f"[{i}/{len(jobs)}] FAILED {job.preset} {job.label} seed {job.seed}: "
+                      f"{type(exc).__name__}: {exc}", flush=True)
+                continue
+            with rows_file.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            new.append(row)
+            print(f"[{i}/{len(jobs)}] {job.preset} {job.label} seed {job.seed}: {describe(row)} "
+                  f"({time.perf_counter() - start:.0f} s elapsed)", flush=True)
+    return new
+
+
+def machine(workers: int, threads: int) -> str:
+    """The line a published table states its machine with."""
+    import platform
+
+    import torch
+
+    return (f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{workers} run(s) at a time x {threads} thread(s)")
+
+
+def shown_command(script: str, argv: Sequence[str], publish: str | None) -> str:
+    """The command line that made a table, without its own ``--publish`` option."""
+    shown = [a for a in argv if not a.startswith("--publish") and a != publish]
+    return " ".join([f"python {script}", *shown])
+
+
+__all__ = ["Job", "ROWS_FILE", "add_grid_arguments", "machine", "plan", "read_rows", "run_grid",
+           "shown_command", "threads_per_run"]
