@@ -113,6 +113,7 @@ def publish(path: Path, entries: list[dict], args: argparse.Namespace, argv: lis
     record = {
         "command": shown_command("benchmarks/accuracy.py", argv, args.publish),
         "seeds": args.seeds, "settings": args.settings, "regimes": args.regimes, "presets": presets,
+        "methods": list(dict.fromkeys(e["method"] for e in entries)),
         "overrides": args.overrides, "budget": budgets,
         "machine": machine(args.workers, args.threads),
         "date": time.strftime("%Y-%m-%d"),
