@@ -103,8 +103,9 @@ def machine(workers: int, threads: int) -> str:
 
 
 def shown_command(script: str, argv: Sequence[str], publish: str | None) -> str:
-    """The command line that made a table, without its own ``--publish`` option."""
-    shown = [a for a in argv if not a.startswith("--publish") and a != publish]
+    """The command line that made a table, without its own ``--publish`` option and without
+    ``--aggregate-only`` (the table's rows came from runs the same command makes)."""
+    shown = [a for a in argv if not a.startswith("--publish") and a not in (publish, "--aggregate-only")]
     return " ".join([f"python {script}", *shown])
 
 
