@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -106,7 +107,7 @@ def shown_command(script: str, argv: Sequence[str], publish: str | None) -> str:
     """The command line that made a table, without its own ``--publish`` option and without
     ``--aggregate-only`` (the table's rows came from runs the same command makes)."""
     shown = [a for a in argv if not a.startswith("--publish") and a not in (publish, "--aggregate-only")]
-    return " ".join([f"python {script}", *shown])
+    return f"python {script} " + shlex.join(shown)
 
 
 __all__ = ["Job", "ROWS_FILE", "add_grid_arguments", "machine", "plan", "read_rows", "run_grid",

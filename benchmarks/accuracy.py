@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--regimes", nargs="+", choices=list(REGIMES), default=list(REGIMES))
     add_grid_arguments(ap, seeds=[3, 4, 5], out="benchmarks/results/accuracy",
                        publish_note=" (the demo's report shows src/ulfine/assets/microworld_benchmark.json)")
+    ap.add_argument("--note", default=None, help="with --publish: a line the demo's report shows above the "
+                    "table (what it covers, what it does not)")
     args = ap.parse_args(argv)
     # late imports: ulfine (torch, the engine) loads after the arguments parse, so --help is fast
     from ulfine.apps.compare import BENCHMARK_METHODS
@@ -111,13 +113,15 @@ def publish(path: Path, entries: list[dict], args: argparse.Namespace, argv: lis
         train = load_config(name, list(args.overrides)).train
         budgets[name] = f"{train.epochs} epochs x {train.steps_per_epoch} steps"
     record = {
-        "command": shown_command("benchmarks/accuracy.py", argv, args.publish),
+        "command": shown_command("benchmarks/accuracy.py", [a for a in argv if a not in ("--note", args.note)],
+                                 args.publish),
         "seeds": args.seeds, "settings": args.settings, "regimes": args.regimes, "presets": presets,
         "methods": list(dict.fromkeys(e["method"] for e in entries)),
         "overrides": args.overrides, "budget": budgets,
         "machine": machine(args.workers, args.threads),
         "date": time.strftime("%Y-%m-%d"),
         "results": entries,
+        **({"note": args.note} if args.note else {}),
     }
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"published {path}")
