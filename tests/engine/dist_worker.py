@@ -22,3 +22,8 @@ if __name__ == "__main__":
             groups[-1].append(arg)
     for i, overrides in enumerate(groups):
         train(tiny_config(out / f"r{i}", *overrides))
+    if torch.distributed.is_initialized():
+        # both ranks done before either tears gloo down: a lone teardown can abort the other rank
+        # ("terminate called without an active exception", seen once in CI), failing a finished run
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
