@@ -267,8 +267,8 @@ def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None, epoc
         for label, overrides in ULFINE_VARIANTS.items():
             if rows is None or label in rows:
                 grid.add(label, PRESET, "ulfine", seeds, *LFT, *ULFINE_START, *overrides)
-    elif stage in ("baselines", "combos"):
-        variants = BASELINE_VARIANTS if stage == "baselines" else COMBOS
+    elif stage in ("baselines", "combos", "field"):
+        variants = {"baselines": BASELINE_VARIANTS, "combos": COMBOS}.get(stage) or field_variants()
         for label, (method, overrides) in variants.items():
             if rows is None or label in rows:
                 start = ULFINE_START if method == "ulfine" else ()
@@ -281,10 +281,6 @@ def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None, epoc
         for label, overrides in FINESSL_VARIANTS.items():
             if rows is None or label in rows:
                 grid.add(label, PRESET, "finessl", seeds, *LFT, *overrides)
-    elif stage == "field":
-        for label, (method, overrides) in field_variants().items():
-            if rows is None or label in rows:
-                grid.add(label, PRESET, method, seeds, *LFT, *overrides)
     elif stage == "finessl_combos":
         for label, combo in finessl_round_two(seeds, runs_dir).items():
             grid.add(label, PRESET, "finessl", seeds, *LFT, *(o for lab in combo for o in FINESSL_VARIANTS[lab]))
