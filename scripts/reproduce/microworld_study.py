@@ -10,6 +10,7 @@
     python scripts/reproduce/microworld_study.py finessl --workers 2   # the rebuilt FineSSL's options (issue 23)
     python scripts/reproduce/microworld_study.py finessl_combos --workers 2  # its round 2, by 7.5's rule
     python scripts/reproduce/microworld_study.py field --workers 2     # the field's baselines (issue 24)
+    python scripts/reproduce/microworld_study.py skeleton --workers 2  # ULFine on FineSSL's head scale (issue 23)
 
 The final table (report seeds 3, 4, 5, three settings) is ``python benchmarks/accuracy.py``.
 Rules (declared in docs/microworld.md section 0 before any of this ran): learning rates are
@@ -164,6 +165,13 @@ FINESSL_VARIANTS: dict[str, tuple[str, ...]] = {
     "FineSSL smoothing 0.1": ("finessl.smoothing=0.1",),
     "FineSSL smoothing 0.8": ("finessl.smoothing=0.8",),
 }
+#: ULFine's [R] choices that depend on the skeleton it was built on (issue 23): its P_u has the
+#: normalisation of FineSSL's ``classwise_acc``, so FineSSL's head (learnable scale from 1/0.07)
+#: is a candidate for the prototype branch; at the current defaults, on the dev seeds
+SKELETON_VARIANTS: dict[str, tuple[str, ...]] = {
+    "ULFine defaults": (),
+    "ULFine, FineSSL's head scale": ("ulfine.prototype_scale=finessl",),
+}
 #: the field's baselines (issue 24), on LFT with their world-scaled settings (``scaled:`` in
 #: configs/recipes/microworld.yaml): the code's defaults ([B]), the shared threshold's two
 #: alternatives, and two for each own numeric option that changes training (CDMAD and CPE have
@@ -228,6 +236,7 @@ COLUMNS = {
     "finessl": _SSL_COLUMNS,
     "finessl_combos": _SSL_COLUMNS,
     "field": _SSL_COLUMNS,
+    "skeleton": _SSL_COLUMNS,
 }
 
 
@@ -277,6 +286,9 @@ def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None, epoc
         for label, (method, overrides) in REGIME25.items():
             grid.add(f"{label}, {epochs} epochs", PRESET25, method, seeds, *strategy_overrides("lft"),
                      *overrides, f"train.epochs={epochs}", "eval.every_epochs=1")
+    elif stage == "skeleton":
+        for label, overrides in SKELETON_VARIANTS.items():
+            grid.add(label, PRESET, "ulfine", seeds, *LFT, *overrides)
     elif stage == "finessl":
         for label, overrides in FINESSL_VARIANTS.items():
             if rows is None or label in rows:

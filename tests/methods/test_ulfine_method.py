@@ -352,3 +352,23 @@ def test_all_switches_off_reproduces_fixmatch_on_micro_clip_with_adaptformer():
     for n in adapters:
         assert torch.equal(g_f[n], g_u[n]), n
     assert torch.equal(g_f["head.prototypes"], g_u["prototype_head.prototypes"])
+
+
+def test_finessl_prototype_scale_is_learnable_from_its_init():
+    """``prototype_scale=finessl``: the prototype branch's scale is a parameter starting at 1/0.07
+    (FineSSL's head), trained by the loss and checkpointed; the default stays CLIP's fixed scale."""
+    fixed = _method("ulfine", "ulfine.paf=false")
+    assert "prototype_head.logit_scale" not in dict(fixed.named_parameters())
+    m = _method("ulfine", "ulfine.prototype_scale=finessl", "ulfine.paf=false")
+    scale = dict(m.named_parameters())["prototype_head.logit_scale"]
+    assert scale.item() == pytest.approx(1 / 0.07)
+    f = torch.randn(5, D, generator=torch.Generator().manual_seed(4))
+    expected = (1 / 0.07) * F.normalize(f, dim=-1) @ F.normalize(m.prototypes, dim=-1).t()
+    torch.testing.assert_close(m.branch_logits(f)["prototype"], expected.detach())
+    m.training_step(_batch()).loss.backward()
+    assert scale.grad is not None and scale.grad.abs().item() > 0
+    with torch.no_grad():
+        scale.mul_(0.5)
+    twin = _method("ulfine", "ulfine.prototype_scale=finessl", "ulfine.paf=false")
+    twin.load_state_dict(m.state_dict())
+    assert twin.diagnostics()["prototype_logit_scale"] == pytest.approx(0.5 / 0.07)

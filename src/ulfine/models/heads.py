@@ -21,14 +21,16 @@ class LinearHead(nn.Module):
         return self.fc(features)
 
 
-def cosine_logits(features: torch.Tensor, prototypes: torch.Tensor, logit_scale: float) -> torch.Tensor:
+def cosine_logits(features: torch.Tensor, prototypes: torch.Tensor,
+                  logit_scale: float | torch.Tensor) -> torch.Tensor:
     """``s * normalise(f) @ normalise(C)^T`` in float32, even under autocast: bf16 cosine logits at
     CLIP's scale (~100) are rounded to steps of 0.125-0.5, which blurs softmax confidences and the
     pseudo-label threshold."""
     with torch.autocast(features.device.type, enabled=False):
         f = F.normalize(features.float(), dim=-1)
         c = F.normalize(prototypes.float(), dim=-1)
-        return logit_scale * f @ c.t()
+        scale = logit_scale.float() if isinstance(logit_scale, torch.Tensor) else logit_scale
+        return scale * f @ c.t()
 
 
 class PrototypeHead(nn.Module):
@@ -36,17 +38,21 @@ class PrototypeHead(nn.Module):
     ULFine's branch and the baselines' ``head=prototype``: CLIP's logit scale [R]).
 
     ``prototypes`` (K,D), e.g. text prototypes, become a Parameter when ``learnable`` and a
-    buffer otherwise; ``logit_scale`` is the fixed temperature ``s`` (CLIP's exp(logit_scale)).
+    buffer otherwise; ``logit_scale`` is the temperature ``s`` (CLIP's exp(logit_scale)), fixed,
+    or a Parameter starting there when ``learnable_scale`` (FineSSL's ``ViT_Head`` keeps its
+    scale learnable and unclamped: :class:`LearnableScaleCosineHead`).
     """
 
-    def __init__(self, prototypes: torch.Tensor, logit_scale: float, learnable: bool = True) -> None:
+    def __init__(self, prototypes: torch.Tensor, logit_scale: float, learnable: bool = True,
+                 learnable_scale: bool = False) -> None:
         super().__init__()
         init = prototypes.detach().clone().float()
         if learnable:
             self.prototypes = nn.Parameter(init)
         else:
             self.register_buffer("prototypes", init)
-        self.logit_scale = float(logit_scale)
+        self.logit_scale: float | nn.Parameter = (
+            nn.Parameter(torch.tensor(float(logit_scale))) if learnable_scale else float(logit_scale))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return cosine_logits(features, self.prototypes, self.logit_scale)

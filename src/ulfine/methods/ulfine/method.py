@@ -36,6 +36,9 @@ from ..base import METHODS, Method, MethodContext, MethodOptions, PseudoLabels, 
 from ..losses import cross_entropy, logit_adjusted, masked_consistency, pseudo_label
 from . import dlf, paf
 
+#: FineSSL's ``ViT_Head`` scale at init, 1/0.07 (Gank0078/FineSSL@76b6f48, model.py)
+FINESSL_SCALE_INIT = 1 / 0.07
+
 
 class ULFineOptions(Section):
     """ULFine = PAF + DLF. Every [R] choice of docs/method.md is an option here."""
@@ -81,6 +84,11 @@ class ULFineOptions(Section):
         "fitting: c_v - mean_j c_v_j + mean_j t_j, so that fitted prototypes stay in the text "
         "prototypes' region of the joint space (chosen by the micro-world study) [R]",
     )
+    prototype_scale: Literal["clip", "finessl"] = Field(
+        "clip", description="prototype branch's logit scale: CLIP's, fixed (as the baselines' "
+        "head=prototype), or FineSSL's head's, learnable from 1/0.07, a candidate if ULFine was "
+        "built on FineSSL's trainer (docs/method.md) [R]",
+    )
     paf_anchor: Literal["prototype", "text"] = Field(
         "prototype", description="PAF moves the current prototype toward C_v (compounding) or "
         "re-fits from the fixed text feature each step: c = (1-alpha) t + alpha c_v [R]",
@@ -105,8 +113,10 @@ class ULFine(Method):
         text = F.normalize(ctx.text_prototypes.detach().float(), dim=-1)
         # initialised from ctx.text_prototypes exactly as the fixmatch baseline's head, so that
         # ULFine with every switch off reproduces it bit for bit
+        finessl_scale = self.opts.prototype_scale == "finessl"
         self.prototype_head = PrototypeHead(
-            ctx.text_prototypes, ctx.logit_scale, learnable=self.opts.learnable_prototypes
+            ctx.text_prototypes, FINESSL_SCALE_INIT if finessl_scale else ctx.logit_scale,
+            learnable=self.opts.learnable_prototypes, learnable_scale=finessl_scale,
         )
         self.linear_head = LinearHead(ctx.feature_dim, k) if self.opts.dlf else None
         self.register_buffer("text_anchor", text.clone())
@@ -292,4 +302,5 @@ class ULFine(Method):
             "pseudo_label_counts": [int(c) for c in counts],
             "memory_coverage": float(counts.sum()) / n_u,
             "orth_loss": float(paf.orthogonality_loss(self.prototypes)),
+            "prototype_logit_scale": float(self.prototype_head.logit_scale),
         }
