@@ -92,6 +92,8 @@ def base_parser(description: str, *, presets: Sequence[str],
     p.add_argument("--force", action="store_true", help="re-run runs that already finished")
     p.add_argument("--workers", type=int, default=1,
                    help="runs at once; each gets cores/workers torch threads (OMP_NUM_THREADS)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run instead of cores/workers (e.g. 1 beside another study)")
     return p
 
 
@@ -133,7 +135,7 @@ def execute(grid: Grid, args: argparse.Namespace) -> int:
         elif not args.collect_only and (args.force or not done):
             todo.append(run)
     workers = max(1, getattr(args, "workers", 1))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = getattr(args, "threads", None) or max(1, (os.cpu_count() or 1) // workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         ok = list(pool.map(lambda r: _run_one(r, args, threads), todo))
     return ok.count(False)
