@@ -201,3 +201,31 @@ def test_field_stage_gives_each_baseline_its_scaled_settings_and_distinct_famili
     families = {mod.family(lab) for lab in variants if lab.startswith("DebiasPL") and "defaults" not in lab}
     assert families == {"tau", "debiaspl.tau", "debiaspl.qhat_momentum"}
     assert len(variants) == sum(3 + 2 * len(own) for own in mod.FIELD_OWN.values())
+
+
+def test_skeleton_stage_differs_from_the_defaults_only_by_the_head_scale(capsys, tmp_path) -> None:
+    mod = _load("microworld_study")
+    cmds = _dry(mod, capsys, "skeleton", "--runs-dir", str(tmp_path))
+    assert len(cmds) == 2 * 3 and {c[4] for c in cmds} == {"method=ulfine"}
+    by_row: dict[str, set[tuple[str, ...]]] = {}
+    for c in cmds:
+        by_row.setdefault(c[-1].split("/")[-2], set()).add(tuple(x for x in c if not x.startswith(("seed=", "output_dir="))))
+    assert len(by_row) == 2 and all(len(v) == 1 for v in by_row.values())  # one command per row
+    (base,) = by_row.pop("ULFine_defaults")
+    ((candidate,),) = by_row.values()
+    assert set(candidate) - set(base) == {"ulfine.prototype_scale=finessl"} and set(base) <= set(candidate)
+
+
+def test_threads_option_sets_each_runs_torch_threads(monkeypatch, tmp_path) -> None:
+    mod = _load("microworld_study")
+    common = sys.modules["common"]
+    seen: list[str] = []
+    monkeypatch.setattr(common.subprocess, "call", lambda cmd, env, stdout: seen.append(env["OMP_NUM_THREADS"]) or 0)
+    grid = mod.build_grid("skeleton", [0])
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 8)
+    for threads, expected in ((None, "4"), (1, "1")):  # cores / workers, or as told
+        args = mod.base_parser("t", presets=[mod.PRESET]).parse_args(
+            ["--workers", "2", "--runs-dir", str(tmp_path)] + (["--threads", str(threads)] if threads else []))
+        seen.clear()
+        assert common.execute(grid, args) == 0
+        assert seen == [expected] * 2
