@@ -9,6 +9,8 @@
     python scripts/reproduce/microworld_study.py regime25 --workers 2  # the N1=25 regime: R2', R5a', R7 (issue 23)
     python scripts/reproduce/microworld_study.py finessl --workers 2   # the rebuilt FineSSL's options (issue 23)
     python scripts/reproduce/microworld_study.py finessl_combos --workers 2  # its round 2, by 7.5's rule
+    python scripts/reproduce/microworld_study.py fixmatch_la --workers 2  # DASO's FixMatch-LA's options (issue 23)
+    python scripts/reproduce/microworld_study.py fixmatch_la_combos --workers 2  # its round 2
     python scripts/reproduce/microworld_study.py field --workers 2     # the field's baselines (issue 24)
     python scripts/reproduce/microworld_study.py skeleton --workers 2  # ULFine on FineSSL's head scale (issue 23)
 
@@ -165,6 +167,20 @@ FINESSL_VARIANTS: dict[str, tuple[str, ...]] = {
     "FineSSL smoothing 0.1": ("finessl.smoothing=0.1",),
     "FineSSL smoothing 0.8": ("finessl.smoothing=0.8",),
 }
+#: FixMatch-LA in DASO's form (issue 21: the labeled term only), 7.4's grid for it again (issue 23)
+FIXMATCH_LA_VARIANTS: dict[str, tuple[str, ...]] = {
+    "FixMatch-LA defaults": (),
+    "FixMatch-LA tau 0.6": ("ssl.tau=0.6",),
+    "FixMatch-LA tau 0.8": ("ssl.tau=0.8",),
+    "FixMatch-LA tau_la 0.5": ("fixmatch_la.tau_la=0.5",),
+    "FixMatch-LA tau_la 2": ("fixmatch_la.tau_la=2",),
+}
+#: stages tuned by 7.4's budget and 7.5's round-2 rule (``<stage>_combos``):
+#: stage -> (method, label prefix of its rows, round-1 variants)
+TUNED_STAGES: dict[str, tuple[str, str, dict[str, tuple[str, ...]]]] = {
+    "finessl": ("finessl", "FineSSL", FINESSL_VARIANTS),
+    "fixmatch_la": ("fixmatch_la", "FixMatch-LA", FIXMATCH_LA_VARIANTS),
+}
 #: ULFine's [R] choices that depend on the skeleton it was built on (issue 23): its P_u has the
 #: normalisation of FineSSL's ``classwise_acc``, so FineSSL's head (learnable scale from 1/0.07)
 #: is a candidate for the prototype branch; at the current defaults, on the dev seeds
@@ -235,22 +251,25 @@ COLUMNS = {
     "regime25": ["overall", "overall_last_k", "head", "medium", "tail"],
     "finessl": _SSL_COLUMNS,
     "finessl_combos": _SSL_COLUMNS,
+    "fixmatch_la": _SSL_COLUMNS,
+    "fixmatch_la_combos": _SSL_COLUMNS,
     "field": _SSL_COLUMNS,
     "skeleton": _SSL_COLUMNS,
 }
 
 
-def finessl_round_two(seeds: list[int], runs_dir: Path) -> dict[str, tuple[str, ...]]:
-    """FineSSL's round 2 from its finished round 1 (every row on every dev seed, or an error)."""
+def tuned_round_two(stage: str, seeds: list[int], runs_dir: Path) -> dict[str, tuple[str, ...]]:
+    """Round 2 of a tuned stage (``finessl``, ``fixmatch_la``) from its finished round 1 (every
+    row on every dev seed, or an error)."""
     import statistics
 
-    round1 = build_grid("finessl", seeds)
+    round1 = build_grid(stage, seeds)
     done = {(r.label, r.seed): r.metrics["overall_acc"] for r in records(round1, runs_dir)}
     missing = [f"{r.label} seed {r.seed}" for r in round1.runs if (r.label, r.seed) not in done]
     if missing:
-        raise SystemExit(f"finessl_combos needs the whole finessl stage first; missing: {', '.join(missing)}")
+        raise SystemExit(f"{stage}_combos needs the whole {stage} stage first; missing: {', '.join(missing)}")
     means = {lab: statistics.fmean(done[lab, s] for s in seeds) for lab in round1.labels}
-    return round_two(means, "FineSSL")
+    return round_two(means, TUNED_STAGES[stage][1])
 
 
 def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None, epochs: int = 5,
@@ -289,13 +308,15 @@ def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None, epoc
     elif stage == "skeleton":
         for label, overrides in SKELETON_VARIANTS.items():
             grid.add(label, PRESET, "ulfine", seeds, *LFT, *overrides)
-    elif stage == "finessl":
-        for label, overrides in FINESSL_VARIANTS.items():
+    elif stage in TUNED_STAGES:
+        method, _, variants = TUNED_STAGES[stage]
+        for label, overrides in variants.items():
             if rows is None or label in rows:
-                grid.add(label, PRESET, "finessl", seeds, *LFT, *overrides)
-    elif stage == "finessl_combos":
-        for label, combo in finessl_round_two(seeds, runs_dir).items():
-            grid.add(label, PRESET, "finessl", seeds, *LFT, *(o for lab in combo for o in FINESSL_VARIANTS[lab]))
+                grid.add(label, PRESET, method, seeds, *LFT, *overrides)
+    elif stage.endswith("_combos") and stage.removesuffix("_combos") in TUNED_STAGES:
+        method, _, variants = TUNED_STAGES[stage.removesuffix("_combos")]
+        for label, combo in tuned_round_two(stage.removesuffix("_combos"), seeds, runs_dir).items():
+            grid.add(label, PRESET, method, seeds, *LFT, *(o for lab in combo for o in variants[lab]))
     else:
         raise SystemExit(f"unknown stage {stage!r}")
     return grid

@@ -229,3 +229,16 @@ def test_threads_option_sets_each_runs_torch_threads(monkeypatch, tmp_path) -> N
         seen.clear()
         assert common.execute(grid, args) == 0
         assert seen == [expected] * 2
+
+
+def test_fixmatch_la_stage_tunes_dasos_form_with_the_same_budget(capsys, tmp_path) -> None:
+    """DASO's FixMatch-LA (labeled term only) gets 7.4's grid: the defaults, two thresholds and two
+    tau_la, in two distinct families; its round 2 waits for the whole round 1."""
+    mod = _load("microworld_study")
+    cmds = _dry(mod, capsys, "fixmatch_la", "--runs-dir", str(tmp_path))
+    assert len(cmds) == 5 * 3 and {c[4] for c in cmds} == {"method=fixmatch_la"}
+    assert not any("fixmatch_la.adjust=both" in c for c in cmds)
+    rows = [lab for lab in mod.FIXMATCH_LA_VARIANTS if lab != "FixMatch-LA defaults"]
+    assert sorted({mod.family(lab) for lab in rows}) == ["tau", "tau_la"]
+    with pytest.raises(SystemExit, match="needs the whole fixmatch_la stage"):
+        mod.build_grid("fixmatch_la_combos", [0, 1, 2], runs_dir=tmp_path)
