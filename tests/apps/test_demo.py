@@ -45,6 +45,10 @@ def test_benchmark_section_shows_the_published_table_and_its_command(tmp_path: P
     path.write_text(json.dumps(record))
     assert ("(microworld_n100_m200_g20_consistent: 5 epochs x 50 steps, microworld_n25_m200_g20_consistent: "
             "10 epochs x 50 steps; a CPU;") in benchmark_section(path)
+    # one budget for every preset: said once
+    record["budget"] = dict.fromkeys(record["budget"], "5 epochs x 50 steps")
+    path.write_text(json.dumps(record))
+    assert "(5 epochs x 50 steps, every preset; a CPU;" in benchmark_section(path)
 
 
 def test_clear_previous_runs_only_removes_run_folders(tmp_path: Path) -> None:

@@ -111,7 +111,9 @@ def benchmark_section(path: Path = BENCHMARK_FILE) -> str:
         return ""
     bench = json.loads(path.read_text())
     budget = bench["budget"]  # one string, or preset -> budget (one per label regime)
-    if isinstance(budget, dict):
+    if isinstance(budget, dict) and len(set(budget.values())) == 1:
+        budget = f"{next(iter(budget.values()))}, every preset"
+    elif isinstance(budget, dict):
         budget = ", ".join(f"{preset}: {b}" for preset, b in budget.items())
     return "\n".join([
         f"## The accuracy benchmark on the same world (seeds {', '.join(map(str, bench['seeds']))}, full budget)",
