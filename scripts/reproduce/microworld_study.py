@@ -307,15 +307,16 @@ def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None, epoc
                      *overrides, f"train.epochs={epochs}", "eval.every_epochs=1")
     elif stage == "skeleton":
         for label, overrides in SKELETON_VARIANTS.items():
-            grid.add(label, PRESET, "ulfine", seeds, *LFT, *overrides)
+            if rows is None or label in rows:
+                grid.add(label, PRESET, "ulfine", seeds, *LFT, *overrides)
     elif stage in TUNED_STAGES:
         method, _, variants = TUNED_STAGES[stage]
         for label, overrides in variants.items():
             if rows is None or label in rows:
                 grid.add(label, PRESET, method, seeds, *LFT, *overrides)
-    elif stage.endswith("_combos") and stage.removesuffix("_combos") in TUNED_STAGES:
-        method, _, variants = TUNED_STAGES[stage.removesuffix("_combos")]
-        for label, combo in tuned_round_two(stage.removesuffix("_combos"), seeds, runs_dir).items():
+    elif (tuned := stage.removesuffix("_combos")) != stage and tuned in TUNED_STAGES:
+        method, _, variants = TUNED_STAGES[tuned]
+        for label, combo in tuned_round_two(tuned, seeds, runs_dir).items():
             grid.add(label, PRESET, method, seeds, *LFT, *(o for lab in combo for o in variants[lab]))
     else:
         raise SystemExit(f"unknown stage {stage!r}")
