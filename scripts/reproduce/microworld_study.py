@@ -12,6 +12,7 @@
     python scripts/reproduce/microworld_study.py fixmatch_la --workers 2  # DASO's FixMatch-LA's options (issue 23)
     python scripts/reproduce/microworld_study.py fixmatch_la_combos --workers 2  # its round 2
     python scripts/reproduce/microworld_study.py field --workers 2     # the field's baselines (issue 24)
+    python scripts/reproduce/microworld_study.py field_combos --workers 2  # their round 2, method by method
     python scripts/reproduce/microworld_study.py skeleton --workers 2  # ULFine on FineSSL's head scale (issue 23)
 
 The final table (report seeds 3, 4, 5, three settings) is ``python benchmarks/accuracy.py``.
@@ -254,22 +255,54 @@ COLUMNS = {
     "fixmatch_la": _SSL_COLUMNS,
     "fixmatch_la_combos": _SSL_COLUMNS,
     "field": _SSL_COLUMNS,
+    "field_combos": _SSL_COLUMNS,
     "skeleton": _SSL_COLUMNS,
 }
 
 
-def tuned_round_two(stage: str, seeds: list[int], runs_dir: Path) -> dict[str, tuple[str, ...]]:
-    """Round 2 of a tuned stage (``finessl``, ``fixmatch_la``) from its finished round 1 (every
-    row on every dev seed, or an error)."""
+def round_one_means(stage: str, seeds: list[int], runs_dir: Path) -> tuple[dict[str, float], list[str]]:
+    """A round-1 stage's mean overall accuracy per row finished on every dev seed, and the runs
+    still missing ("label seed s")."""
     import statistics
 
     round1 = build_grid(stage, seeds)
     done = {(r.label, r.seed): r.metrics["overall_acc"] for r in records(round1, runs_dir)}
     missing = [f"{r.label} seed {r.seed}" for r in round1.runs if (r.label, r.seed) not in done]
+    means = {lab: statistics.fmean(done[lab, s] for s in seeds) for lab in round1.labels
+             if all((lab, s) in done for s in seeds)}
+    return means, missing
+
+
+def tuned_round_two(stage: str, seeds: list[int], runs_dir: Path) -> dict[str, tuple[str, ...]]:
+    """Round 2 of a tuned stage (``finessl``, ``fixmatch_la``) from its finished round 1 (every
+    row on every dev seed, or an error)."""
+    means, missing = round_one_means(stage, seeds, runs_dir)
     if missing:
         raise SystemExit(f"{stage}_combos needs the whole {stage} stage first; missing: {', '.join(missing)}")
-    means = {lab: statistics.fmean(done[lab, s] for s in seeds) for lab in round1.labels}
     return round_two(means, TUNED_STAGES[stage][1])
+
+
+def field_round_two(seeds: list[int], runs_dir: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Round 2 of the field stage, method by method (a method whose round 1 is finished on every
+    dev seed goes on while the others wait, so the study can span sessions): label -> (method,
+    overrides), the scaled settings once plus each combined alternative's own override."""
+    means, _ = round_one_means("field", seeds, runs_dir)
+    variants = field_variants()
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    waiting = []
+    for method, name in FIELD_NAMES.items():
+        labels = [lab for lab, (m, _) in variants.items() if m == method]
+        if not all(lab in means for lab in labels):
+            waiting.append(name)
+            continue
+        for label, combo in round_two({lab: means[lab] for lab in labels}, name).items():
+            own = tuple(o for lab in combo for o in variants[lab][1] if o not in scaled(method))
+            out[label] = (method, (*scaled(method), *own))
+    if waiting and not out:
+        raise SystemExit(f"field_combos needs a method's whole field round 1 first; unfinished: {', '.join(waiting)}")
+    if waiting:
+        print(f"field_combos: round 1 unfinished for {', '.join(waiting)}; their round 2 waits", file=sys.stderr)
+    return out
 
 
 def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None, epochs: int = 5,
@@ -295,8 +328,9 @@ def build_grid(stage: str, seeds: list[int], rows: list[str] | None = None, epoc
         for label, overrides in ULFINE_VARIANTS.items():
             if rows is None or label in rows:
                 grid.add(label, PRESET, "ulfine", seeds, *LFT, *ULFINE_START, *overrides)
-    elif stage in ("baselines", "combos", "field"):
-        variants = {"baselines": BASELINE_VARIANTS, "combos": COMBOS}.get(stage) or field_variants()
+    elif stage in ("baselines", "combos", "field", "field_combos"):
+        variants = {"baselines": BASELINE_VARIANTS, "combos": COMBOS}.get(stage) or (
+            field_variants() if stage == "field" else field_round_two(seeds, runs_dir))
         for label, (method, overrides) in variants.items():
             if rows is None or label in rows:
                 start = ULFINE_START if method == "ulfine" else ()

@@ -242,3 +242,23 @@ def test_fixmatch_la_stage_tunes_dasos_form_with_the_same_budget(capsys, tmp_pat
     assert sorted({mod.family(lab) for lab in rows}) == ["tau", "tau_la"]
     with pytest.raises(SystemExit, match="needs the whole fixmatch_la stage"):
         mod.build_grid("fixmatch_la_combos", [0, 1, 2], runs_dir=tmp_path)
+
+
+def test_field_round_two_goes_on_method_by_method(monkeypatch, tmp_path) -> None:
+    """A field method whose round 1 is finished on every dev seed gets 7.5's round 2 (its scaled
+    settings once, plus each combined alternative) while unfinished methods wait; with none
+    finished, the stage says what it waits for."""
+    mod = _load("microworld_study")
+    with pytest.raises(SystemExit, match="unfinished: ABC, DASO, DebiasPL, SimPro, CDMAD, CPE"):
+        mod.build_grid("field_combos", [0, 1, 2], runs_dir=tmp_path)
+    means = {"DebiasPL defaults": 60.0, "DebiasPL tau 0.6": 59.0, "DebiasPL tau 0.8": 61.0,
+             "DebiasPL debiaspl.tau 0.2": 62.0, "DebiasPL debiaspl.tau 1.0": 58.0,
+             "DebiasPL debiaspl.qhat_momentum 0.99": 59.5, "DebiasPL debiaspl.qhat_momentum 0.9999": 60.0,
+             "CPE defaults": 50.0, "CPE tau 0.6": 51.0, "CPE tau 0.8": 49.0}
+    monkeypatch.setattr(mod, "round_one_means", lambda stage, seeds, runs_dir: (means, ["ABC defaults seed 0"]))
+    grid = mod.build_grid("field_combos", [0, 1, 2], runs_dir=tmp_path)
+    assert grid.labels == ["DebiasPL debiaspl.tau 0.2, tau 0.8"]  # by gain; CPE: one gaining family, no combination
+    run = grid.runs[0]
+    assert run.method == "debiaspl" and {r.seed for r in grid.runs} == {0, 1, 2}
+    assert {"ssl.tau=0.8", "debiaspl.tau=0.2"} <= set(run.overrides)
+    assert run.overrides.count("ssl.tau=0.8") == 1 and set(mod.scaled("debiaspl")) <= set(run.overrides)
