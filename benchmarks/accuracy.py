@@ -15,9 +15,9 @@ one) and ``n25`` (N1=25, 8 per labeled one), both M1=200 and gamma 20; each pres
 benchmark budget.
 
 Each finished run is appended to ``OUT/rows.jsonl`` at once (a killed benchmark keeps what it
-has, and a re-run skips finished runs); the tables (built by ``ulfine.apps.results``) are
-``OUT/accuracy.md``, ``OUT/accuracy.csv`` and ``OUT/accuracy.json`` (default OUT:
-benchmarks/results/accuracy).
+has, a re-run skips finished runs and continues a run killed after a checkpoint); the tables
+(built by ``ulfine.apps.results``) are ``OUT/accuracy.md``, ``OUT/accuracy.csv`` and
+``OUT/accuracy.json`` (default OUT: benchmarks/results/accuracy).
 """
 
 from __future__ import annotations

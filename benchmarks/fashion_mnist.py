@@ -17,9 +17,9 @@ report the final (EMA) model on the 10,000 test images.
     python benchmarks/fashion_mnist.py --methods FixMatch ACR --budget 0.02    # a smoke run
 
 Each finished run is appended to ``OUT/rows.jsonl`` at once (a killed benchmark keeps what it
-has, and a re-run skips finished runs; ``--budget`` runs are kept apart from full ones); the
-tables (built by ``ulfine.apps.results``) are ``OUT/fashion_mnist.md``, ``.csv`` and ``.json``
-(default OUT: benchmarks/results/fashion_mnist).
+has, a re-run skips finished runs and continues a run killed after a checkpoint; ``--budget``
+runs are kept apart from full ones); the tables (built by ``ulfine.apps.results``) are
+``OUT/fashion_mnist.md``, ``.csv`` and ``.json`` (default OUT: benchmarks/results/fashion_mnist).
 """
 
 from __future__ import annotations

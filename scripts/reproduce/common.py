@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ulfine.apps.compare import continue_unfinished
 from ulfine.apps.results import METRICS_FILE, RunRecord, records_csv, table_by_metric, table_by_preset
 
 
@@ -108,7 +109,8 @@ def _executable(cmd: list[str]) -> list[str]:
 
 def _run_one(run: Run, args: argparse.Namespace, threads: int) -> bool:
     """One command of the grid as a subprocess; whether it succeeded (its wall time is recorded)."""
-    cmd = run.command(args.runs_dir, args.extra)
+    # a run killed after a checkpoint (a session's end) is continued, not refused
+    cmd = [*run.command(args.runs_dir, args.extra), *continue_unfinished(run.run_dir(args.runs_dir))]
     print(f"[{run.table}] {shlex.join(cmd)}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()

@@ -170,3 +170,30 @@ def test_a_planted_pickle_is_refused_by_resume_and_eval(tmp_path, capsys):
         assert not marker.exists()
     pickle.loads(b"\x80\x02" + payload.replace(str(marker).encode(), str(tmp_path / "proof").encode()))
     assert (tmp_path / "proof").exists()  # the payload is live: loading it does write a file
+
+
+def test_a_grid_rerun_continues_a_killed_run_exactly(tmp_path, monkeypatch, reference):
+    """A benchmark or study killed mid-run (a session's end) is re-run through ``run_method``: the
+    unfinished run is continued from its checkpoint (not refused, not restarted) and ends with the
+    uninterrupted run's weights; a finished or never-checkpointed folder gets no resume."""
+    from ulfine.apps.compare import MethodSpec, continue_unfinished, run_dir_for, run_method
+
+    spec = MethodSpec("t", tuple(o for o in tiny_overrides(tmp_path, *ARGS) if not o.startswith("output_dir=")))
+    run = run_dir_for(spec, None, 0, tmp_path / "grid")  # no preset: the tiny config alone
+    assert continue_unfinished(run) == []  # nothing there yet
+    real = ulfine.engine.trainer.save_checkpoint
+
+    def save_then_die(run_dir, method, state, ema=None):
+        real(run_dir, method, state, ema)
+        if state["step"] == 2:
+            raise Killed
+
+    monkeypatch.setattr(ulfine.engine.trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        run_method(spec, None, 0, tmp_path / "grid", report=False)
+    monkeypatch.setattr(ulfine.engine.trainer, "save_checkpoint", real)
+    assert continue_unfinished(run) == ["resume=true"]
+    run_method(spec, None, 0, tmp_path / "grid", report=False)
+    assert "resumed from checkpoint/ (step 2)" in (run / "train.log").read_text()
+    _assert_same_weights(run, reference)
+    assert continue_unfinished(run) == []  # finished: a re-run skips it, never resumes it

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config import load_config, recipe_overrides
 from ..engine import train
+from ..engine.checkpoint import find_checkpoint
 from ..microworld.task import strategy_overrides
 from .report import write_report
 from .results import METRICS_FILE, Row, row_from_metrics
@@ -80,6 +81,15 @@ def run_dir_for(spec: MethodSpec, preset: str, seed: int, runs_dir: Path) -> Pat
     return Path(runs_dir) / f"{preset}-{spec.slug}-s{seed}"
 
 
+def continue_unfinished(run_dir: Path) -> list[str]:
+    """``["resume=true"]`` for a run killed after a checkpoint and before its final metrics, else
+    nothing: a grid re-run after a kill (a session's end, a reboot) continues such a run exactly
+    instead of being refused by the engine (a folder that holds a run is never trained afresh)."""
+    run_dir = Path(run_dir)
+    unfinished = not (run_dir / METRICS_FILE).is_file() and find_checkpoint(run_dir) is not None
+    return ["resume=true"] if unfinished else []
+
+
 def run_method(
     spec: MethodSpec,
     preset: str,
@@ -92,11 +102,13 @@ def run_method(
     """Train (or, for zero-shot, just evaluate) one method with the engine, write its report
     (``RUN_DIR/report/``, unless ``report`` is false); return its row.
 
-    ``overrides`` apply after the method's own, so they win.
+    ``overrides`` apply after the method's own, so they win. A run killed after a checkpoint is
+    continued (:func:`continue_unfinished`).
     """
+    run_dir = run_dir_for(spec, preset, seed, runs_dir)
     cfg = load_config(preset, [
-        *spec.overrides, f"seed={seed}", f"output_dir={run_dir_for(spec, preset, seed, runs_dir)}",
-        f"train.progress={str(progress).lower()}", *overrides,
+        *spec.overrides, f"seed={seed}", f"output_dir={run_dir}", f"train.progress={str(progress).lower()}",
+        *overrides, *continue_unfinished(run_dir),
     ])
     out = Path(train(cfg))
     if report:
@@ -105,4 +117,5 @@ def run_method(
     return row_from_metrics(spec.label, preset, seed, metrics, out)
 
 
-__all__ = ["BENCHMARK_METHODS", "DEMO_METHODS", "MethodSpec", "run_dir_for", "run_method", "scaled", "spec", "tuned"]
+__all__ = ["BENCHMARK_METHODS", "DEMO_METHODS", "MethodSpec", "continue_unfinished", "run_dir_for", "run_method",
+           "scaled", "spec", "tuned"]
