@@ -295,9 +295,9 @@ def field_round_two(seeds: list[int], runs_dir: Path) -> dict[str, tuple[str, tu
         if not all(lab in means for lab in labels):
             waiting.append(name)
             continue
+        base = scaled(method)
         for label, combo in round_two({lab: means[lab] for lab in labels}, name).items():
-            own = tuple(o for lab in combo for o in variants[lab][1] if o not in scaled(method))
-            out[label] = (method, (*scaled(method), *own))
+            out[label] = (method, (*base, *(o for lab in combo for o in variants[lab][1] if o not in base)))
     if waiting and not out:
         raise SystemExit(f"field_combos needs a method's whole field round 1 first; unfinished: {', '.join(waiting)}")
     if waiting:
