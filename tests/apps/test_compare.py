@@ -15,7 +15,7 @@ def test_demo_compares_the_five_methods_of_the_issue() -> None:
 
 def test_benchmark_methods_have_distinct_run_folders() -> None:
     dirs = {run_dir_for(m, "p", 0, Path("runs")) for m in BENCHMARK_METHODS}
-    assert len(dirs) == len(BENCHMARK_METHODS) == 9
+    assert len(dirs) == len(BENCHMARK_METHODS) == 15
     assert run_dir_for(DEMO_METHODS[4], "p", 2, Path("runs")) == Path("runs/p-ulfine-lft-s2")
 
 

@@ -66,12 +66,19 @@ DEMO_METHODS: tuple[MethodSpec, ...] = (
     spec("ULFine (LFT)", "ulfine", "lft"),
 )
 #: the benchmark adds the supervised and long-tailed baselines (all on LFT, like ULFine): DASO's
-#: FixMatch-LA and FineSSL's own algorithm, both proven against their code (docs/method.md 6)
+#: FixMatch-LA and FineSSL's own algorithm, both proven against their code (docs/method.md 6), and
+#: the field's baselines of issue 24 (docs/method.md 7)
 BENCHMARK_METHODS: tuple[MethodSpec, ...] = DEMO_METHODS[:4] + (
     spec("LFT supervised", "supervised", "lft"),
     spec("LFT + FixMatch-LA", "fixmatch_la", "lft"),
     spec("LFT + FineSSL", "finessl", "lft"),
     spec("LFT + LoFT", "loft", "lft"),
+    spec("LFT + ABC", "abc", "lft"),
+    spec("LFT + DASO", "daso", "lft"),
+    spec("LFT + DebiasPL", "debiaspl", "lft"),
+    spec("LFT + SimPro", "simpro", "lft"),
+    spec("LFT + CDMAD", "cdmad", "lft"),
+    spec("LFT + CPE", "cpe", "lft"),
     DEMO_METHODS[4],
 )
 
