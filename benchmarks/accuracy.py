@@ -7,7 +7,7 @@ on the validation split and the development seeds 0, 1, 2 (scripts/reproduce/mic
 docs/microworld.md section 7); this benchmark reports the final model on seeds 3, 4, 5, and
 nothing is chosen here.
 
-    python benchmarks/accuracy.py                      # everything (9 methods x seeds 3 4 5 x 3 settings x 2 regimes)
+    python benchmarks/accuracy.py                      # everything (15 methods x seeds 3 4 5 x 3 settings x 2 regimes)
     python benchmarks/accuracy.py --settings consistent --regimes n25 --workers 2
 
 The two label regimes (docs/microworld.md 0): ``n100`` (N1=100, 2 unlabeled images per labeled
