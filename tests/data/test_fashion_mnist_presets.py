@@ -43,8 +43,13 @@ def test_presets_share_one_cpu_budget_and_evaluate_once(setting):
     assert (t.epochs * t.steps_per_epoch, t.batch_size, cfg.ssl.mu) == (2000, 16, 2)
     assert cfg.eval.every_epochs >= t.epochs and cfg.eval.last_k == 1  # the final model only
     assert (cfg.model.arch, cfg.model.pretrained, cfg.finetune, cfg.head) == ("wrn-28-2", "none", "fft", "linear")
-    # the EMA must forget the random start within the run: 0.999 would keep 14% of it after 2000 steps
-    assert t.ema ** (t.epochs * t.steps_per_epoch) < 1e-3
+    # the EMA and the BatchNorm running statistics must forget the random start within the run:
+    # 0.999 (and the WRN's BN momentum 0.001) would keep 14% of it after 2000 steps
+    steps = t.epochs * t.steps_per_epoch
+    assert t.ema ** steps < 1e-3
+    backbone = BACKBONES.get(cfg.model.arch).create(cfg.model, "meta")
+    momenta = {m.momentum for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert len(momenta) == 1 and (1 - momenta.pop()) ** steps < 1e-3
 
 
 def test_step_counted_method_options_scale_with_the_budget():

@@ -202,6 +202,36 @@ def test_solid_pass_enters_batchnorm_statistics_in_training_only():
     torch.testing.assert_close(bn.running_mean, torch.full((3,), 0.3))  # 0.9 * 0 + 0.1 * 3
 
 
+def test_batchnorm_backbone_sees_each_view_alone_as_cdmad():
+    """On a batch-statistics backbone CDMAD's passes are separate (solid, weak, x, strong, strong:
+    five BatchNorm updates a step, fixmatchcdmad.py:232-252), so each view is normalised with its
+    own statistics; the joint pass of the other methods would give one update and other features."""
+
+    class Normed(MeanColour):
+        batch_statistics = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = nn.BatchNorm2d(3)
+
+        def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(x).mean(dim=(2, 3))
+
+    m = make()
+    m.backbone = Normed()
+    m.train()
+    b = batch()
+    f = m.view_features(b)
+    assert int(m.backbone.bn.num_batches_tracked) == 4
+    alone = nn.BatchNorm2d(3).train()
+    for name in ("x_l", "u_w", "u_s", "u_s2"):
+        torch.testing.assert_close(f[name], alone(getattr(b, name)).mean(dim=(2, 3)))
+    joint = torch.cat([b.x_l, b.u_w, b.u_s, b.u_s2])
+    assert not torch.allclose(f["x_l"], alone(joint).mean(dim=(2, 3))[:2])
+    m.training_step(b)
+    assert int(m.backbone.bn.num_batches_tracked) == 4 + 5
+
+
 @pytest.mark.parametrize("backbone", [
     ["head=prototype"],  # micro CLIP: text-initialised cosine head
     ["model.arch=wrn-28-2", "model.image_size=16", "finetune=fft", "head=linear"],  # scratch WRN

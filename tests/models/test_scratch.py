@@ -87,6 +87,22 @@ def test_image_size_only_for_scratch_backbones():
         load_config(None, ["model.image_size=64"])
 
 
+@pytest.mark.parametrize("arch", ["wrn-28-2", "resnet50"])
+def test_bn_momentum_sets_every_batchnorm_and_defaults_to_the_reference(arch):
+    """model.bn_momentum replaces the running-statistics momentum of every BatchNorm (a cut budget
+    needs a faster one); unset, the arch keeps its reference value (WRN: 0.001, torchvision: 0.1)."""
+    def momenta(*extra: str) -> set[float]:
+        cfg = load_config(None, [f"model.arch={arch}", "model.pretrained=none", "finetune=fft", "method=fixmatch",
+                                 "head=linear", *extra])
+        net = build_backbone(cfg.model, "meta")
+        return {m.momentum for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+    assert momenta() == {0.001 if arch == "wrn-28-2" else 0.1}
+    assert momenta("model.bn_momentum=0.01") == {0.01}
+    with pytest.raises(ConfigError, match="model.bn_momentum applies to scratch backbones only"):
+        load_config(None, ["model.bn_momentum=0.01"])
+
+
 class _CountingWRN(nn.Module):
     """A tiny BatchNorm network that records the batch sizes it sees."""
 

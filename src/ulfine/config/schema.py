@@ -188,6 +188,11 @@ class ModelConfig(Section):
         None, ge=8, le=MAX_IMAGE_SIDE, description="input side of a scratch backbone (null: the arch's own, 32 px); "
         "open_clip weights fix their own"
     )
+    bn_momentum: float | None = Field(
+        None, gt=0.0, le=1.0, description="BatchNorm momentum of a scratch backbone, running <- (1 - m) "
+        "running + m batch (null: the arch's reference value, 0.001 for wrn-28-2). Scale it to a cut "
+        "budget as train.ema: 0.001 keeps exp(-2) = 14% of the initial statistics after 2,000 steps"
+    )
 
     @field_validator("templates")
     @classmethod
@@ -449,6 +454,9 @@ class Config(Section):
             if model.image_size is not None:
                 raise ConfigError(f"invalid config: model.image_size applies to scratch backbones "
                                   f"only; the weights of model.arch={arch} fix its input size")
+            if model.bn_momentum is not None:
+                raise ConfigError(f"invalid config: model.bn_momentum applies to scratch backbones "
+                                  f"only; model.arch={arch} has no BatchNorm of ulfine's to set")
             return self
         spec = BACKBONES.get(arch)
         if model.pretrained != "none":

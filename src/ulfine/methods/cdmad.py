@@ -42,12 +42,13 @@ features and is refused; a method with unlabeled data never runs in it.
 
 Deliberate deviations from CDMAD's code:
 
-- Forward passes: CDMAD passes the solid image, the weak view (both without gradient), x and each
-  strong view separately (fixmatchcdmad.py:233-253). The solid image keeps its own pass here (so on
-  a BatchNorm backbone in training mode it is normalised by its own statistics and enters the
-  running statistics, as in CDMAD); the views go through
-  :meth:`~ulfine.methods.base.Method.view_features` (jointly on batch-statistics backbones, as
-  FixMatch's code does; CLIP: no difference).
+- Forward passes [B]: CDMAD passes the solid image, the weak view (both without gradient), x and
+  each strong view separately (fixmatchcdmad.py:233-253), and so does :meth:`CDMAD.view_features`
+  on a backbone with batch statistics: each view is normalised with its own statistics, and the
+  solid image is one of five BatchNorm updates of the running statistics a step, as in CDMAD (the
+  joint pass of the other methods, :meth:`~ulfine.methods.base.Method.view_features`, would make it
+  one of two: its near-constant activations would then weigh half of the statistics the model is
+  evaluated with). Without batch statistics (CLIP) the order and grouping change nothing.
 - CDMAD evaluates its EMA model (fixmatchcdmad.py:167) with Adam and its weight decay in
   ``WeightEMA`` (:141, :422, :435); those are the engine's (``train.ema``, ``optim.*``).
 - Batch sizes: CDMAD draws ``--unlabeledratio`` (2) unlabeled images per labeled one (:115);
@@ -153,6 +154,17 @@ class CDMAD(Method):
     def debiasing(self, step: int) -> bool:
         """Are the pseudo-labels of optimiser step ``step`` debiased?"""
         return self.epoch_of(step) >= self.opts.debias_from_epoch
+
+    def view_features(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """CDMAD's passes on a batch-statistics backbone: the weak view (no gradient), then x and
+        each strong view, each alone (fixmatchcdmad.py:234, :250-252); otherwise the base's."""
+        if not getattr(self.backbone, "batch_statistics", False):
+            return super().view_features(batch)
+        with torch.no_grad():
+            out = {"u_w": self.features(batch.u_w)}
+        for name in ("x_l", "u_s", "u_s2"):
+            out[name] = self.features(getattr(batch, name))
+        return out
 
     # -- losses ---------------------------------------------------------------------------------
     def step_terms(self, batch: Batch) -> CDMADTerms:
