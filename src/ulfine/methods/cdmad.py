@@ -40,15 +40,16 @@ features with each class prototype (times the logit scale), the bias of the feat
 a bias term. Feature mode (cached features of a frozen tower) cannot give the solid image's
 features and is refused; a method with unlabeled data never runs in it.
 
+Forward passes [B]: CDMAD passes the solid image, the weak view (both without gradient), x and
+each strong view separately (fixmatchcdmad.py:233-253), and so does :meth:`CDMAD.view_features`
+on a backbone with batch statistics: each view is normalised with its own statistics, and the
+solid image is one of five BatchNorm updates of the running statistics a step, as in CDMAD (the
+joint pass of the other methods, :meth:`~ulfine.methods.base.Method.view_features`, would make it
+one of two: its near-constant activations would then weigh half of the statistics the model is
+evaluated with). Without batch statistics (CLIP) the order and grouping change nothing.
+
 Deliberate deviations from CDMAD's code:
 
-- Forward passes [B]: CDMAD passes the solid image, the weak view (both without gradient), x and
-  each strong view separately (fixmatchcdmad.py:233-253), and so does :meth:`CDMAD.view_features`
-  on a backbone with batch statistics: each view is normalised with its own statistics, and the
-  solid image is one of five BatchNorm updates of the running statistics a step, as in CDMAD (the
-  joint pass of the other methods, :meth:`~ulfine.methods.base.Method.view_features`, would make it
-  one of two: its near-constant activations would then weigh half of the statistics the model is
-  evaluated with). Without batch statistics (CLIP) the order and grouping change nothing.
 - CDMAD evaluates its EMA model (fixmatchcdmad.py:167) with Adam and its weight decay in
   ``WeightEMA`` (:141, :422, :435); those are the engine's (``train.ema``, ``optim.*``).
 - Batch sizes: CDMAD draws ``--unlabeledratio`` (2) unlabeled images per labeled one (:115);

@@ -114,13 +114,16 @@ def set_bn_momentum(module: nn.Module, momentum: float) -> None:
     Why: the reference WRN's 0.001 suits 250,000 steps; a run cut to a few thousand would evaluate
     with statistics still partly those of the random start (0.999^2000 = 14%).
     """
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = momentum
+    for m in _batch_norms(module):
+        m.momentum = momentum
+
+
+def _batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def _has_batch_norm(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    return bool(_batch_norms(module))
 
 
 class ScratchBackbone(nn.Module):
