@@ -125,6 +125,19 @@ def test_distribution_estimate_and_tau_over_one_epoch():
     assert m.kl_sum.abs().sum().item() == 0 and m.kl_steps.item() == 0
 
 
+@pytest.mark.parametrize(("counts", "n"), [("samples", [2 / 3, 1 / 3, 0.0]), ("last_per_class", [0.0, 1.0, 0.0])])
+def test_estimate_counts_every_sample_or_each_class_last_prediction(counts, n):
+    """Weak views predicted 0 (confident), 0 (confident), 1 (confident), 0 (not confident, balanced
+    softmax of (0.6, 0, 0) = 0.48 < 0.7): 'samples' counts 2, 1, 0 [R]; 'last_per_class' keeps each
+    class's last view, as ACR's indexed add on the CPU: class 0's is not confident, so 0, 1, 0."""
+    m = make("acr.ema_u=0.5", "acr.estimate_from_epoch=0", f"acr.estimate_counts={counts}")
+    t = torch.tensor
+    u_w = t([[3.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.3, 0.0, 0.0]])
+    m.training_step(Batch(t(X_L), t(Y_L), u_w, u_w.flip(0), t([1, 2, 3, 5]), step=0, u_s2=u_w))
+    m.after_optimizer_step(0)
+    torch.testing.assert_close(m.u_estimate, torch.tensor([0.5 / 3 + 0.5 * v for v in n]))
+
+
 def test_no_estimate_before_its_epoch_and_labeled_copies_excluded():
     m = make("acr.estimate_from_epoch=1", steps_per_epoch=1)
     m.training_step(batch(0))

@@ -21,7 +21,7 @@ tau = tau_max * softmax(KL)[consistent]. All of it is registered buffers, so che
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -52,6 +52,10 @@ class ACROptions(Section):
                                      "unlabeled distribution is estimated (--est-epoch 5: epochs > 5)")
     adaptive: bool = Field(True, description="adapt tau from the anchors; false keeps tau = tau_max "
                            "(SimPro's ACR without anchor distributions)")
+    estimate_counts: Literal["samples", "last_per_class"] = Field(
+        "samples", description="what a step adds to the unlabeled estimate: 'samples' counts every "
+        "confident balanced prediction [R]; 'last_per_class' counts a class once if its last weak "
+        "view of the batch is predicted confidently, as ACR's indexed add does on the CPU")
 
 
 # ---------------------------------------------------------------------------- pure functions
@@ -77,6 +81,15 @@ def adaptive_tau(kl_to_anchors: torch.Tensor, tau_max: float) -> torch.Tensor:
     """tau = tau_max * softmax(KL)[consistent]: near 0 when the estimate is the labeled prior,
     near tau_max / 2 when it is uniform, near tau_max when it is the reversed prior."""
     return tau_max * torch.softmax(kl_to_anchors.float(), dim=-1)[..., 0]
+
+
+def last_per_class(labels: torch.Tensor, keep: torch.Tensor, k: int) -> torch.Tensor:
+    """(k,): for each class, ``keep`` of its last sample in ``labels`` (0 if absent). ACR's
+    ``now_mask[targets] += mask`` leaves this on the CPU; here it is deterministic on any device."""
+    position = torch.arange(len(labels), device=labels.device)
+    last = torch.full((k,), -1, dtype=torch.long, device=labels.device)
+    last = last.scatter_reduce(0, labels, position, reduce="amax")
+    return torch.where(last >= 0, keep[last.clamp_min(0)].float(), torch.zeros(k, device=labels.device))
 
 
 @dataclass
@@ -160,6 +173,9 @@ class ACR(Method):
             if self._from_labeled is None or self._from_labeled.device != idx_u.device:
                 self._from_labeled = self.ctx.unlabeled_from_labeled.to(idx_u.device)
             keep = keep & ~self._from_labeled[idx_u]
+        if self.opts.estimate_counts == "last_per_class":
+            self.pending_counts += last_per_class(t.balanced_pred, keep, len(self.pending_counts))
+            return
         # an index_add, not bincount of a masked selection: no device synchronisation
         self.pending_counts.index_add_(0, t.balanced_pred, keep.to(self.pending_counts.dtype))
 
@@ -188,6 +204,8 @@ class ACR(Method):
         if not self.estimating(step):
             return
         counts = self.take_pending(self.pending_counts)
+        if self.opts.estimate_counts == "last_per_class":  # a class once, over micro-batches and processes
+            counts = (counts > 0).to(counts.dtype)
         total = counts.sum()
         self.u_estimate.copy_(moved_distribution(self.u_estimate, counts, total, self.opts.ema_u))
         kl = symmetric_kl(self.u_estimate.unsqueeze(0), self.anchors)
