@@ -93,14 +93,18 @@ def run_grid(jobs: Sequence[Job], work: Callable[..., dict[str, Any]], args: tup
     return new
 
 
-def machine(workers: int, threads: int) -> str:
-    """The line a published table states its machine with."""
+def host() -> str:
+    """This machine's CPU, cores and torch version."""
     import platform
 
     import torch
 
-    return (f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{workers} run(s) at a time x {threads} thread(s)")
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def machine(workers: int, threads: int) -> str:
+    """The line a published table states its machine with."""
+    return f"{host()}, {workers} run(s) at a time x {threads} thread(s)"
 
 
 def shown_command(script: str, argv: Sequence[str], publish: str | None) -> str:
@@ -110,5 +114,5 @@ def shown_command(script: str, argv: Sequence[str], publish: str | None) -> str:
     return f"python {script} " + shlex.join(shown)
 
 
-__all__ = ["Job", "ROWS_FILE", "add_grid_arguments", "machine", "plan", "read_rows", "run_grid",
+__all__ = ["Job", "ROWS_FILE", "add_grid_arguments", "host", "machine", "plan", "read_rows", "run_grid",
            "shown_command", "threads_per_run"]

@@ -28,6 +28,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from ulfine.apps.results import RunRecord, Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _grid import Job, add_grid_arguments, machine, plan, read_rows, run_grid, shown_command, threads_per_run
+from _grid import Job, add_grid_arguments, host, plan, read_rows, run_grid, shown_command, threads_per_run
 
 SETTINGS = ("consistent", "uniform", "reversed")
 #: (table label, method registry name), in table order
@@ -91,22 +92,24 @@ def runs_dir(out: Path, budget: float | None) -> Path:
     return out / ("runs" if budget is None else f"runs-budget-{budget:g}")
 
 
-def _run_one(job: Job, folder: str, overrides: list[str], threads: int, budget: float | None) -> dict:
-    """One engine run in a worker process; its whole ``final_metrics.json`` plus its wall time."""
+def _run_one(job: Job, folder: str, overrides: list[str], threads: int, budget: float | None, workers: int) -> dict:
+    """One engine run in a worker process; its whole ``final_metrics.json``, its wall time, how it
+    ran (runs side by side, threads) and whether it continued a killed run from a checkpoint."""
     import torch
 
     torch.set_num_threads(threads)
-    from ulfine.apps.compare import run_method
+    from ulfine.apps.compare import continue_unfinished, run_dir_for, run_method
     from ulfine.apps.results import METRICS_FILE
 
     spec = next(s for s in method_specs() if s.label == job.label)
+    resumed = bool(continue_unfinished(run_dir_for(spec, job.preset, job.seed, Path(folder))))
     start = time.perf_counter()
     row = run_method(spec, job.preset, job.seed, Path(folder), [*budget_overrides(job.preset, budget), *overrides],
                      progress=False)
     wall = time.perf_counter() - start
     metrics = {**json.loads((Path(row.run_dir) / METRICS_FILE).read_text()), "wall_seconds": wall}
     return {"preset": job.preset, "label": job.label, "seed": job.seed, "budget": budget,
-            "run_dir": row.run_dir, "metrics": metrics}
+            "run_dir": row.run_dir, "workers": workers, "threads": threads, "resumed": resumed, "metrics": metrics}
 
 
 def _describe(row: dict) -> str:
@@ -118,11 +121,35 @@ def _describe(row: dict) -> str:
 
 
 def records_of(rows: Sequence[dict[str, Any]], presets: Sequence[str], budget: float | None) -> list[RunRecord]:
-    """The finished runs of these presets at this budget as ``RunRecord`` (table input)."""
+    """The finished runs of these presets at this budget as ``RunRecord`` (table input). A run that
+    continued from a checkpoint has no wall time (its last attempt's would understate it; its train
+    time sums every attempt)."""
     from ulfine.apps.results import RunRecord
 
-    return [RunRecord(d["label"], d["preset"], d["seed"], d["metrics"]) for d in rows
-            if d["preset"] in presets and d.get("budget") == budget]
+    def metrics(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d["metrics"].items() if not (d.get("resumed") and k == "wall_seconds")}
+
+    return [RunRecord(d["label"], d["preset"], d["seed"], metrics(d)) for d in table_rows(rows, presets, budget)]
+
+
+def table_rows(rows: Sequence[dict[str, Any]], presets: Sequence[str], budget: float | None) -> list[dict[str, Any]]:
+    """The rows of these presets at this budget."""
+    return [d for d in rows if d["preset"] in presets and d.get("budget") == budget]
+
+
+def how_runs_ran(rows: Sequence[dict[str, Any]]) -> str:
+    """The machine line of a table: this host, then how many of its runs ran how (from the rows,
+    so a table rebuilt with ``--aggregate-only`` states the runs' settings, not its own)."""
+    ways = Counter((d.get("workers"), d.get("threads")) for d in rows)
+    parts = [f"{n} run(s) {w} at a time x {t} thread(s)" if w else f"{n} run(s) without a record of it"
+             for (w, t), n in sorted(ways.items(), key=lambda kv: -kv[1])]
+    return f"{host()}; " + ("; ".join(parts) if parts else "no runs yet")
+
+
+def continued(rows: Sequence[dict[str, Any]]) -> str:
+    """Which runs continued from a checkpoint (their wall time is left out)."""
+    names = [f"{d['label']} seed {d['seed']}" for d in rows if d.get("resumed")]
+    return ", ".join(names) if names else "none"
 
 
 def per_run_table(records: Sequence[RunRecord], labels: Sequence[str]) -> Table:
@@ -157,8 +184,9 @@ def markdown_report(records: Sequence[RunRecord], presets: Sequence[str], about:
     return "\n".join(lines)
 
 
-def about_runs(args: argparse.Namespace, argv: Sequence[str], presets: Sequence[str]) -> dict[str, Any]:
-    """The facts a table states: command, seeds, budget, machine, date."""
+def about_runs(args: argparse.Namespace, argv: Sequence[str], presets: Sequence[str],
+               rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The facts a table states: command, seeds, budget, machine and how the runs ran, date."""
     from ulfine.config import load_config
 
     cfg = load_config(presets[0], [*budget_overrides(presets[0], args.budget), *args.overrides])
@@ -166,9 +194,11 @@ def about_runs(args: argparse.Namespace, argv: Sequence[str], presets: Sequence[
     budget = (f"{t.epochs} epochs x {t.steps_per_epoch} steps of batch {t.batch_size} + {cfg.ssl.mu} x "
               f"{t.batch_size} unlabeled" + (f" (--budget {args.budget:g} of the preset's)" if args.budget else
                                              " (the preset's)"))
+    shown = table_rows(rows, presets, args.budget)
     return {"command": shown_command("benchmarks/fashion_mnist.py", argv, args.publish), "seeds": args.seeds,
             "settings": list(args.settings), "budget": budget, "overrides": list(args.overrides),
-            "machine": machine(args.workers, args.threads), "date": time.strftime("%Y-%m-%d")}
+            "machine": how_runs_ran(shown), "continued from a checkpoint (wall time left out)": continued(shown),
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def write_tables(out: Path, records: Sequence[RunRecord], presets: Sequence[str], about: dict[str, Any]) -> str:
@@ -206,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [] if args.aggregate_only else plan_jobs(args.settings, labels, args.seeds, args.budget, done)
     print(f"fashion-mnist benchmark: {len(jobs)} runs to do ({len(done)} rows in {rows_file}), "
           f"{args.workers} worker(s) x {args.threads} thread(s)", flush=True)
-    done += run_grid(jobs, _run_one, (str(runs_dir(out, args.budget)), args.overrides, args.threads, args.budget),
-                     rows_file, args.workers, _describe)
-    about = about_runs(args, argv if argv is not None else sys.argv[1:], presets)
+    done += run_grid(jobs, _run_one, (str(runs_dir(out, args.budget)), args.overrides, args.threads, args.budget,
+                                      args.workers), rows_file, args.workers, _describe)
+    about = about_runs(args, argv if argv is not None else sys.argv[1:], presets, done)
     md = write_tables(out, records_of(done, presets, args.budget), presets, about)
     print(md)
     if args.publish:

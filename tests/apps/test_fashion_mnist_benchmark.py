@@ -27,12 +27,13 @@ CONSISTENT = "fashion_mnist_n500_m4000_g100_consistent_scratch"
 
 
 def fake_row(label: str, seed: int, overall: float, tail: float, gm: float | None, wall: float,
-             budget: float | None = None, preset: str = CONSISTENT) -> dict:
-    """A rows.jsonl line as the worker writes it (the engine's final_metrics keys it reads)."""
+             budget: float | None = None, preset: str = CONSISTENT, **how: object) -> dict:
+    """A rows.jsonl line as the worker writes it (the engine's final_metrics keys it reads);
+    ``how``: its ``workers``, ``threads`` and ``resumed`` (absent from rows of older benchmarks)."""
     metrics = {"overall_acc": overall, "group_acc": {"head": 0.9, "medium": 0.6, "tail": tail},
                "geometric_mean_recall": gm, "train_seconds": wall - 60.0, "wall_seconds": wall,
                "group_rule": {"text": "first 30% head, last 30% tail"}}
-    return {"preset": preset, "label": label, "seed": seed, "budget": budget, "run_dir": "x", "metrics": metrics}
+    return {"preset": preset, "label": label, "seed": seed, "budget": budget, "run_dir": "x", **how, "metrics": metrics}
 
 
 def first_cells(md: str, label: str) -> list[str]:
@@ -88,10 +89,25 @@ def test_tables_show_mean_std_gm_recall_and_each_runs_wall_time(tmp_path):
     assert sup["gm_recall"]["mean"] != sup["gm_recall"]["mean"]  # not recorded: NaN, shown as "-"
 
 
+def test_a_continued_run_has_no_wall_time_and_is_named(tmp_path):
+    """A run continued from a checkpoint: its last attempt's wall time would understate it, so the
+    tables leave it out (the mean is the other runs') and the header names the run."""
+    rows = [fake_row("FixMatch", 0, 0.80, 0.30, 0.50, 1500.0, workers=2, threads=1, resumed=False),
+            fake_row("FixMatch", 1, 0.84, 0.40, 0.60, 600.0, workers=2, threads=1, resumed=True)]
+    args = bench.argparse.Namespace(budget=None, overrides=[], publish=None, seeds=[0, 1], settings=["consistent"])
+    about = bench.about_runs(args, [], [CONSISTENT], rows)
+    md = bench.write_tables(tmp_path, bench.records_of(rows, [CONSISTENT], None), [CONSISTENT], about)
+    assert first_cells(md, "FixMatch")[6] == "25.0"  # seed 0's 1500 s alone
+    assert "| FixMatch | 1 | 84.0 | 60.0 | 9.0 | - |" in md.split("### every run")[1]
+    assert "- continued from a checkpoint (wall time left out): FixMatch seed 1" in md
+    assert "; 2 run(s) 2 at a time x 1 thread(s)" in md
+
+
 def test_aggregate_only_rebuilds_the_tables_from_rows_jsonl(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    rows = [fake_row("ACR", s, 0.85 + 0.01 * s, 0.5, 0.7, 1800.0) for s in (0, 1, 2)]
+    rows = [fake_row("ACR", s, 0.85 + 0.01 * s, 0.5, 0.7, 1800.0, workers=2, threads=1) for s in (0, 1)]
+    rows.append(fake_row("ACR", 2, 0.87, 0.5, 0.7, 1800.0))  # a row of an older benchmark
     (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert bench.main(["--aggregate-only", "--out", str(out), "--threads", "2"]) == 0
     md = (out / "fashion_mnist.md").read_text()
@@ -99,6 +115,8 @@ def test_aggregate_only_rebuilds_the_tables_from_rows_jsonl(tmp_path, capsys):
     assert "40 epochs x 50 steps of batch 16 + 2 x 16 unlabeled" in md
     # the command that made the rows, not the rebuild
     assert "fashion_mnist.py --out" in md and "--aggregate-only" not in md and "seeds: [0, 1, 2]" in md
+    # how the runs ran, not how the rebuild was called (--threads 2)
+    assert "; 2 run(s) 2 at a time x 1 thread(s); 1 run(s) without a record of it" in md and "x 2 thread" not in md
     assert "0 runs to do" in capsys.readouterr().out
 
 
@@ -125,6 +143,7 @@ def test_one_tiny_run_end_to_end_then_skipped_on_rerun(tmp_path, capsys, monkeyp
     assert (row["label"], row["seed"], row["budget"]) == ("FixMatch", 3, 0.0007)
     assert m["steps"] == 1 and m["images_seen"] == {"labeled": 2, "unlabeled": 4} and m["num_images"] == 20
     assert m["wall_seconds"] >= m["train_seconds"] > 0
+    assert (row["workers"], row["threads"], row["resumed"]) == (1, 1, False)
     assert Path(row["run_dir"]).parent == bench.runs_dir(out, 0.0007)
     assert bench.main(args) == 0 and "0 runs to do (1 rows" in capsys.readouterr().out
     assert len(bench.read_rows(out / "rows.jsonl")) == 1
