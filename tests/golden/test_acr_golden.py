@@ -43,6 +43,7 @@ class Fixture:
 
 HONEST, LAST = Fixture("acr"), Fixture("acr_last")
 LAST_COUNTS = "acr.estimate_counts=last_per_class"
+BOTH = pytest.mark.parametrize("fx", [HONEST, LAST], ids=["acr", "acr_last"])
 
 
 def make(fx: Fixture, *overrides: str) -> ACR:
@@ -105,7 +106,7 @@ def run(fx: Fixture, m: ACR, labels: dict[int, torch.Tensor] | None = None) -> N
             m.on_epoch_end(epoch + 1)
 
 
-@pytest.mark.parametrize("fx", [HONEST, LAST], ids=["acr", "acr_last"])
+@BOTH
 def test_fixture_is_acr_with_its_recipe(fx):
     o, t = fx.opts, fx.t
     assert fx.meta["peer"] == "acr" and fx.meta["commit"].startswith("9a8f421")
@@ -116,7 +117,7 @@ def test_fixture_is_acr_with_its_recipe(fx):
     assert float(t["tau"][-1]) != o["tau1"]  # tau moved
 
 
-@pytest.mark.parametrize("fx", [HONEST, LAST], ids=["acr", "acr_last"])
+@BOTH
 def test_anchors_match_acr(fx):
     anchors = anchor_distributions(fx.counts)
     close(anchors[0], fx.t["py_con"])
@@ -124,7 +125,7 @@ def test_anchors_match_acr(fx):
     close(anchors[2], fx.t["py_rev"])
 
 
-@pytest.mark.parametrize("fx", [HONEST, LAST], ids=["acr", "acr_last"])
+@BOTH
 def test_kl_and_adaptive_tau_match_acr(fx):
     """ACR's count_KL increments are the symmetric KLs of u_py to the anchors; its next tau is
     tau1 * softmax(count_KL / eval_step)[consistent]."""
