@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -102,9 +103,14 @@ def host() -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
-def machine(workers: int, threads: int) -> str:
-    """The line a published table states its machine with."""
-    return f"{host()}, {workers} run(s) at a time x {threads} thread(s)"
+def how_runs_ran(rows: Sequence[dict[str, Any]]) -> str:
+    """The machine line of a table: this host, then how many of its runs ran how (each row records
+    its ``workers`` and ``threads``), so a table rebuilt with ``--aggregate-only`` states the runs'
+    settings, not the rebuild call's."""
+    ways = Counter((d.get("workers"), d.get("threads")) for d in rows)
+    parts = [f"{n} run(s) {w} at a time x {t} thread(s)" if w else f"{n} run(s) without a record of it"
+             for (w, t), n in sorted(ways.items(), key=lambda kv: -kv[1])]
+    return f"{host()}; " + ("; ".join(parts) if parts else "no runs yet")
 
 
 def shown_command(script: str, argv: Sequence[str], publish: str | None) -> str:
@@ -114,5 +120,5 @@ def shown_command(script: str, argv: Sequence[str], publish: str | None) -> str:
     return f"python {script} " + shlex.join(shown)
 
 
-__all__ = ["Job", "ROWS_FILE", "add_grid_arguments", "host", "machine", "plan", "read_rows", "run_grid",
+__all__ = ["Job", "ROWS_FILE", "add_grid_arguments", "host", "how_runs_ran", "plan", "read_rows", "run_grid",
            "shown_command", "threads_per_run"]

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _grid import Job, add_grid_arguments, machine, plan, read_rows, run_grid, shown_command, threads_per_run
+from _grid import Job, add_grid_arguments, how_runs_ran, plan, read_rows, run_grid, shown_command, threads_per_run
 
 SETTINGS = ("consistent", "uniform", "reversed")
 REGIMES = {"n100": 100, "n25": 25}
@@ -40,8 +40,9 @@ def preset_name(regime: str, setting: str) -> str:
     return f"microworld_n{REGIMES[regime]}_m200_g20_{setting}"
 
 
-def _run_one(job: Job, runs_dir: str, overrides: list[str], threads: int) -> dict:
-    """One engine run in a worker process (own torch thread count, no progress bars)."""
+def _run_one(job: Job, runs_dir: str, overrides: list[str], threads: int, workers: int) -> dict:
+    """One engine run in a worker process (own torch thread count, no progress bars); its row also
+    records how it ran (runs side by side, threads) for the published table's machine line."""
     import torch
 
     torch.set_num_threads(threads)
@@ -49,7 +50,8 @@ def _run_one(job: Job, runs_dir: str, overrides: list[str], threads: int) -> dic
     from ulfine.apps.results import rows_to_json
 
     spec = next(m for m in BENCHMARK_METHODS if m.label == job.label)
-    return rows_to_json([run_method(spec, job.preset, job.seed, Path(runs_dir), overrides, progress=False)])[0]
+    row = rows_to_json([run_method(spec, job.preset, job.seed, Path(runs_dir), overrides, progress=False)])[0]
+    return {**row, "workers": workers, "threads": threads}
 
 
 def _describe(row: dict) -> str:
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 key=lambda j: (j.preset, j.label, j.seed))
     print(f"accuracy benchmark: {len(jobs)} runs to do ({len(done)} already in {rows_file}), "
           f"{args.workers} worker(s) x {args.threads} thread(s)", flush=True)
-    done += run_grid(jobs, _run_one, (str(out / "runs"), args.overrides, args.threads), rows_file,
+    done += run_grid(jobs, _run_one, (str(out / "runs"), args.overrides, args.threads, args.workers), rows_file,
                      args.workers, _describe)
     rows = [r for r in rows_from_json(done) if r.preset in presets]
     order = {m.label: i for i, m in enumerate(BENCHMARK_METHODS)}
@@ -99,13 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     (out / "accuracy.md").write_text(md)
     print(md)
     if args.publish:
-        publish(Path(args.publish), entries, args, argv if argv is not None else sys.argv[1:], presets)
+        publish(Path(args.publish), entries, args, argv if argv is not None else sys.argv[1:], presets,
+                [d for d in done if d["preset"] in presets])
     return 0
 
 
 def publish(path: Path, entries: list[dict], args: argparse.Namespace, argv: list[str],
-            presets: list[str]) -> None:
-    """The benchmark's table as the demo shows it: the results with how they were made."""
+            presets: list[str], runs: list[dict]) -> None:
+    """The benchmark's table as the demo shows it: the results with how they were made (the
+    machine line from how ``runs``, the table's rows, ran, not from this call's options)."""
     from ulfine.config import load_config
 
     budgets = {}
@@ -118,7 +122,7 @@ def publish(path: Path, entries: list[dict], args: argparse.Namespace, argv: lis
         "seeds": args.seeds, "settings": args.settings, "regimes": args.regimes, "presets": presets,
         "methods": list(dict.fromkeys(e["method"] for e in entries)),
         "overrides": args.overrides, "budget": budgets,
-        "machine": machine(args.workers, args.threads),
+        "machine": how_runs_ran(runs),
         "date": time.strftime("%Y-%m-%d"),
         "results": entries,
         **({"note": args.note} if args.note else {}),

@@ -28,7 +28,6 @@ import argparse
 import json
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
     from ulfine.apps.results import RunRecord, Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _grid import Job, add_grid_arguments, host, plan, read_rows, run_grid, shown_command, threads_per_run
+from _grid import Job, add_grid_arguments, how_runs_ran, plan, read_rows, run_grid, shown_command, threads_per_run
 
 SETTINGS = ("consistent", "uniform", "reversed")
 #: (table label, method registry name), in table order
@@ -135,15 +134,6 @@ def records_of(rows: Sequence[dict[str, Any]], presets: Sequence[str], budget: f
 def table_rows(rows: Sequence[dict[str, Any]], presets: Sequence[str], budget: float | None) -> list[dict[str, Any]]:
     """The rows of these presets at this budget."""
     return [d for d in rows if d["preset"] in presets and d.get("budget") == budget]
-
-
-def how_runs_ran(rows: Sequence[dict[str, Any]]) -> str:
-    """The machine line of a table: this host, then how many of its runs ran how (from the rows,
-    so a table rebuilt with ``--aggregate-only`` states the runs' settings, not its own)."""
-    ways = Counter((d.get("workers"), d.get("threads")) for d in rows)
-    parts = [f"{n} run(s) {w} at a time x {t} thread(s)" if w else f"{n} run(s) without a record of it"
-             for (w, t), n in sorted(ways.items(), key=lambda kv: -kv[1])]
-    return f"{host()}; " + ("; ".join(parts) if parts else "no runs yet")
 
 
 def continued(rows: Sequence[dict[str, Any]]) -> str:

@@ -21,7 +21,7 @@ import io
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -225,8 +225,9 @@ def rows_to_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 
 def rows_from_json(data: Sequence[Mapping[str, Any]]) -> list[Row]:
-    """Inverse of :func:`rows_to_json`."""
-    return [Row(**d) for d in data]
+    """Inverse of :func:`rows_to_json`; other keys a benchmark adds to a row (how it ran) are left."""
+    names = {f.name for f in fields(Row)}
+    return [Row(**{k: v for k, v in d.items() if k in names}) for d in data]
 
 
 def aggregate(rows: Sequence[Row]) -> list[dict[str, Any]]:
