@@ -126,8 +126,8 @@ class ClipStub(nn.Module):
         object.__setattr__(self, "owner", owner)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        g = torch.Generator().manual_seed(7)
-        return torch.randn(self.num_classes, self.visual.output_dim, generator=g)
+        g = torch.Generator().manual_seed(7)  # in the tower's dtype, as CLIP's text tower returns them
+        return torch.randn(self.num_classes, self.visual.output_dim, generator=g).to(self.dtype)
 
 
 def vision_transformer(fs: FineSSL, open_clip_visual: nn.Module) -> nn.Module:
@@ -147,12 +147,13 @@ def vision_transformer(fs: FineSSL, open_clip_visual: nn.Module) -> nn.Module:
     return vit
 
 
-def options(fs: FineSSL, *, num_classes: int, batch: int, mu: int, output_dir: str) -> Any:
-    """FineSSL's option defaults (utils/config.py) + its AdaptFormer, fp32, the benchmark's B and mu."""
+def options(fs: FineSSL, *, num_classes: int, batch: int, mu: int, output_dir: str, prec: str = "fp32") -> Any:
+    """FineSSL's option defaults (utils/config.py) + its AdaptFormer, ``prec`` (its default is fp16;
+    fp32 on a CPU), the benchmark's B and mu."""
     cfg = copy.deepcopy(fs.config._C)
     cfg.backbone = "ViT-B/16"  # Model picks CLIP_ViT / ViT_Tuner by this prefix
     cfg.adaptformer = True  # ffn_num 64, ln_opt "in", adapter_scalar 0.1, ffn_opt "parallel": defaults
-    cfg.prec = "fp32"
+    cfg.prec = prec
     cfg.output_dir = output_dir
     cfg.num_epochs = 1
     cfg.DATA.NUMBER_CLASSES = num_classes
@@ -162,12 +163,17 @@ def options(fs: FineSSL, *, num_classes: int, batch: int, mu: int, output_dir: s
 
 
 def build_trainer(fs: FineSSL, open_clip_visual: nn.Module, owner: Any, batch: dict[str, torch.Tensor], *,
-                  num_classes: int, mu: int) -> Any:
+                  num_classes: int, mu: int, prec: str = "fp32") -> Any:
     """FineSSL's own ``Trainer`` (its __init__ and build_model) on the given tower and one fixed batch.
 
-    ``batch`` holds ``x_l, y_l, u_w, u_s, u_s1, idx_u`` (FineSSL reads two strong views).
+    ``batch`` holds ``x_l, y_l, u_w, u_s, u_s1, idx_u`` (FineSSL reads two strong views). With
+    ``prec='fp16'`` the tower is converted by FineSSL's own ``convert_weights``, as its CLIP loader
+    (``clip.build_model``) hands it over; its ``build_model`` then builds adapters and heads in the
+    tower's dtype.
     """
     vit = vision_transformer(fs, open_clip_visual)
+    if prec == "fp16":  # new half tensors in FineSSL's tower's parameters; open_clip's stay fp32
+        fs.clip_model.convert_weights(vit)
     clip = ClipStub(vit, num_classes, owner)
     # FineSSL's ViT_Head hard-codes emb_dim 768 for its random init (rand_init, the default);
     # a narrower test tower uses its other option, text-initialised heads (same cost)
@@ -193,7 +199,7 @@ def build_trainer(fs: FineSSL, open_clip_visual: nn.Module, owner: Any, batch: d
     fs.trainer.load_clip_to_cpu = lambda cfg: clip
     out = tempfile.mkdtemp(prefix="peer-reference-finessl-")
     atexit.register(shutil.rmtree, out, True)
-    cfg = options(fs, num_classes=num_classes, batch=b, mu=mu, output_dir=out)
+    cfg = options(fs, num_classes=num_classes, batch=b, mu=mu, output_dir=out, prec=prec)
     cfg.rand_init = cfg.rand_init1 = rand_init
     with redirect_stdout(io.StringIO()):  # build_model prints its progress
         trainer = BenchTrainer(cfg)

@@ -1,7 +1,14 @@
-"""ulfine's training step against FineSSL's OWN code (Gank0078/FineSSL@76b6f48), CPU, fp32.
+"""ulfine's training step against FineSSL's OWN code (Gank0078/FineSSL@76b6f48), on a CPU or a GPU.
 
     python benchmarks/peer_reference.py --finessl-repo /path/to/FineSSL            # ViT-B-16, 224 px, B=4
     python benchmarks/peer_reference.py --finessl-repo PATH --image-size 224 32 --patch 16 4 --batch 4 8
+    python benchmarks/peer_reference.py --finessl-repo PATH --device cuda --batch 32   # ours bf16, FineSSL fp16
+
+Precision: on the CPU both run fp32. On a GPU each runs as it ships: ulfine under bf16 autocast
+(``train.precision=auto``), FineSSL with its default ``prec: fp16`` (its CLIP loader's
+``convert_weights``: the tower, its adapters and heads in half precision, SGD on half weights, no
+loss scaling); ``--precision-ours`` / ``--precision-finessl`` choose otherwise. Memory: peak RSS
+per child on the CPU; on a GPU also ``torch.cuda.max_memory_allocated`` over the timed steps.
 
 FineSSL is executed, not imitated: its ``model.py``, ``clip/model.py``, ``utils/config.py`` and
 ``trainer.py`` are read from the clone at the pinned commit (``benchmarks/_finessl_model.py``,
@@ -23,7 +30,8 @@ reset after the build, read after the last step); the parent alternates them rou
 (order reversed every other round) so load changes on a shared machine hit all alike, and reports
 the median seconds per step. images/s = (B + mu*B) images consumed per step / step time.
 Before timing, a check asserts that FineSSL's features equal ulfine's on the same weights and
-adapters (max |diff| <= 1e-4). Without ``--finessl-repo`` it says how to get the clone, exit 2.
+adapters (max |diff| <= 1e-4; on the CPU in fp32, whatever the timed device). Without
+``--finessl-repo`` it says how to get the clone, exit 2.
 """
 
 from __future__ import annotations
@@ -146,11 +154,18 @@ def ulfine_adapters(visual) -> list:
     return [block.mlp.adapter for block in visual.transformer.resblocks]
 
 
+def on_device(batch: dict[str, Any], device: str) -> dict[str, Any]:
+    """The row's batch on the timed device."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def ulfine_step(spec: dict[str, Any], layout: bool):
-    """ulfine's LFT AdaptFormer FixMatch step, as benchmarks/_train.build_steps builds it (fp32)."""
+    """ulfine's LFT AdaptFormer FixMatch step, as benchmarks/_train.build_steps builds it, on
+    ``spec['device']`` under ``spec['precision_ours']`` (bf16 autocast, or fp32)."""
     import torch
     import torch.nn.functional as F
     from _finessl_model import adapter_values, set_adapters
+    from _train import autocast
 
     from ulfine.config.schema import Config, ModelConfig
     from ulfine.methods import METHODS, Batch, MethodContext
@@ -164,25 +179,48 @@ def ulfine_step(spec: dict[str, Any], layout: bool):
                  {k: k for k in ("ln", "down", "up")})
     if not layout:
         assert remove_layout_hooks(bb.visual) == 2 * len(adapters)
-    batch = make_batch(spec)
+    batch = on_device(make_batch(spec), spec["device"])
     cfg = Config(method="fixmatch", finetune="lft", peft="adaptformer", head="prototype",
                  model=ModelConfig(arch=bb.arch, pretrained="none", text_cache_dir=None))
     protos = F.normalize(torch.randn(NUM_CLASSES, bb.embed_dim, generator=torch.Generator().manual_seed(3)), dim=-1)
     ctx = MethodContext(num_classes=NUM_CLASSES, class_names=[f"c{i}" for i in range(NUM_CLASSES)],
                         labeled_counts=torch.ones(NUM_CLASSES), text_prototypes=protos,
                         logit_scale=bb.logit_scale, num_unlabeled=len(batch["u_w"]), feature_dim=bb.embed_dim)
-    method = METHODS.get("fixmatch").from_config(cfg, bb, ctx).train()
+    method = METHODS.get("fixmatch").from_config(cfg, bb, ctx).to(spec["device"]).train()
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.03, momentum=0.9,
                           weight_decay=5e-4)
     sslbatch = Batch(x_l=batch["x_l"], y_l=batch["y_l"], u_w=batch["u_w"], u_s=batch["u_s"], idx_u=batch["idx_u"])
 
+    amp = {"bf16": torch.bfloat16, "fp32": None}[spec["precision_ours"]]
+    device = torch.device(spec["device"])
+
     def step() -> None:
-        out = method.training_step(sslbatch)
+        with autocast(device, amp):
+            out = method.training_step(sslbatch)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
 
-    return lambda n: [step() for _ in range(n)], {"tau": cfg.ssl.tau}
+    seen = matmul_dtype(bb.visual.transformer.resblocks[0])
+    return lambda n: [step() for _ in range(n)], {"tau": cfg.ssl.tau, "precision": spec["precision_ours"],
+                                                  "mlp_matmul_dtype": seen}
+
+
+def matmul_dtype(block) -> dict[str, str]:
+    """A dict that a forward hook fills, in the timed steps, with the output dtype of the first
+    ``nn.Linear`` in ``block.mlp`` (what the precision setting did, observed, not assumed: FineSSL's
+    block loop calls the MLP's modules but never a block's forward, and a residual stream under
+    autocast stays fp32, so a matmul's output is what shows it)."""
+    from torch import nn
+
+    seen: dict[str, str] = {}
+    linear = next(m for m in block.mlp.modules() if isinstance(m, nn.Linear))
+
+    def hook(module, args, output) -> None:
+        seen["dtype"] = str(output.dtype).replace("torch.", "")
+
+    linear.register_forward_hook(hook)
+    return seen
 
 
 def finessl_trainer(spec: dict[str, Any], clone: Path, batch: dict[str, Any]):
@@ -191,7 +229,8 @@ def finessl_trainer(spec: dict[str, Any], clone: Path, batch: dict[str, Any]):
 
     bb = backbone(spec)  # the same seeded weights; FineSSL's tower takes its tensors
     fs = load(clone)
-    trainer = build_trainer(fs, bb.visual, bb, batch, num_classes=NUM_CLASSES, mu=spec["mu"])
+    trainer = build_trainer(fs, bb.visual, bb, batch, num_classes=NUM_CLASSES, mu=spec["mu"],
+                            prec=spec.get("precision_finessl", "fp32"))
     adapters = list(trainer.tuner.adaptformer_list)
     width = trainer.model.image_encoder.conv1.out_channels
     set_adapters(adapters, adapter_values(width, adapters[0].down_proj.out_features, len(adapters)), FINESSL_NAMES)
@@ -203,14 +242,15 @@ def finessl_step(spec: dict[str, Any], clone: Path, published: bool):
 
     batch = make_batch(spec)
     fs, trainer, _ = finessl_trainer(spec, clone, batch)
-    info = {"commit": fs.commit, "files": fs.files}
+    info = {"commit": fs.commit, "files": fs.files, "precision": trainer.cfg.prec, "device": str(trainer.device),
+            "mlp_matmul_dtype": matmul_dtype(trainer.model.image_encoder.transformer.resblocks[0])}
     if published:
         return published_step(trainer), info
     from ulfine.config.schema import Config
 
     tau = Config(method="fixmatch").ssl.tau  # ulfine's FixMatch threshold, so the work is equal
     trainer.tuner.train()
-    step = equal_work_step(fs, trainer, batch, tau)
+    step = equal_work_step(fs, trainer, on_device(batch, str(trainer.device)), tau)
     return lambda n: [step() for _ in range(n)], {**info, "tau": tau}
 
 
@@ -223,7 +263,7 @@ def check(spec: dict[str, Any], clone: Path) -> dict[str, Any]:
     from ulfine.models import apply_finetune
 
     batch = make_batch(spec)
-    fs, trainer, bb = finessl_trainer(spec, clone, batch)
+    fs, trainer, bb = finessl_trainer({**spec, "precision_finessl": "fp32"}, clone, batch)  # the check: fp32
     apply_finetune(bb, "lft", "adaptformer", None)
     ours = ulfine_adapters(bb.visual)
     theirs = list(trainer.tuner.adaptformer_list)
@@ -297,6 +337,11 @@ def worker(variant: str, spec: dict[str, Any], clone: Path | None) -> None:
     import gc
 
     gc.collect()
+    cuda = spec["device"] == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        gpu_before = torch.cuda.memory_allocated()
     reset = _reset_peak()
     before = _rss_kib("VmRSS")
     send({"ready": True, "build_s": round(time.perf_counter() - t0, 2), "info": info,
@@ -306,12 +351,16 @@ def worker(variant: str, spec: dict[str, Any], clone: Path | None) -> None:
         if cmd == "run":
             t = time.perf_counter()
             run(int(arg))
+            if cuda:
+                torch.cuda.synchronize()
             send({"s": time.perf_counter() - t})
-        elif cmd == "mem":
+        elif cmd == "mem":  # after the steps: the dtypes they showed are in ``info`` now
             peak = _rss_kib("VmHWM") if reset else _max_rss_kib()
-            send({"rss_before_mib": round(before / 1024, 1), "peak_rss_mib": round(peak / 1024, 1),
+            gpu = {"gpu_before_mib": round(gpu_before / 2**20, 1),
+                   "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if cuda else {}
+            send({"rss_before_mib": round(before / 1024, 1), "peak_rss_mib": round(peak / 1024, 1), **gpu,
                   "method": "VmHWM reset after the build (clear_refs 5)" if reset else
-                  "ru_maxrss over the child's life (VmHWM could not be reset)"})
+                  "ru_maxrss over the child's life (VmHWM could not be reset)", "info": info})
         else:
             return
 
@@ -328,7 +377,9 @@ class Child:
     def __init__(self, variant: str, spec: dict[str, Any], clone: Path | None) -> None:
         self.variant = variant
         self.err = tempfile.TemporaryFile(mode="w+")
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # FineSSL's trainer picks cuda when it sees one
+        env = dict(os.environ)
+        if spec["device"] == "cpu" or variant == "check":  # FineSSL's trainer picks cuda when it sees one
+            env["CUDA_VISIBLE_DEVICES"] = ""
         if spec.get("threads"):
             env["OMP_NUM_THREADS"] = str(spec["threads"])
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--spec", json.dumps(spec)]
@@ -399,7 +450,6 @@ def measure_row(spec: dict[str, Any], clone: Path, *, warmup: int, steps: int, r
             "median_s": med, "min_s": min(samples[v]), "max_s": max(samples[v]),
             "images_per_s": consumed / med, "views_per_step": views[v], "calls": per_round * rounds,
             "build_s": ready[v]["build_s"], "threads": ready[v]["threads"], **mem[v],
-            **({"info": ready[v]["info"]} if ready[v].get("info") else {}),
         }
     return out
 
@@ -411,33 +461,43 @@ def measure_row(spec: dict[str, Any], clone: Path, *, warmup: int, steps: int, r
 def label(spec: dict[str, Any]) -> str:
     extra = "".join(f" {k}={spec[k]}" for k in ("width", "layers") if spec.get(k))
     patch = f"/{spec['patch']}" if spec.get("patch") else ""
-    return f"{spec['arch']}{extra} {spec['image_size']}px{patch} B={spec['batch']} mu={spec['mu']}"
+    where = " cuda" if spec.get("device") == "cuda" else ""
+    return f"{spec['arch']}{extra} {spec['image_size']}px{patch} B={spec['batch']} mu={spec['mu']}{where}"
+
+
+def peak_key(row: dict[str, Any]) -> str:
+    """The memory a row compares: GPU memory allocated on a GPU, the process's peak RSS on a CPU."""
+    return "peak_gpu_mib" if row["spec"]["device"] == "cuda" else "peak_rss_mib"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    what = "peak GPU memory" if rows and peak_key(rows[0]) == "peak_gpu_mib" else "peak RSS"
     head = ("| row | images/s ulfine (layout fix) | ulfine (without) | FineSSL equal work | "
             "FineSSL as published | ratios: ulfine ÷ FineSSL equal / ÷ published / fix ÷ without | "
-            "peak RSS ratio: FineSSL equal ÷ ulfine / published ÷ ulfine |")
+            f"{what} ratio: FineSSL equal ÷ ulfine / published ÷ ulfine |")
     lines = [head, "|" + "---|" * 7]
     for row in rows:
         v = row["variants"]
         ips = {k: v[k]["images_per_s"] for k in VARIANTS}
-        rss = {k: v[k]["peak_rss_mib"] for k in VARIANTS}
+        rss = {k: v[k][peak_key(row)] for k in VARIANTS}
         lines.append(
             f"| {label(row['spec'])} | {ips['ulfine']:.2f} | {ips['ulfine_no_layout']:.2f} | "
             f"{ips['finessl_equal']:.2f} | {ips['finessl_published']:.2f} | "
             f"{ips['ulfine'] / ips['finessl_equal']:.2f}x / {ips['ulfine'] / ips['finessl_published']:.2f}x / "
             f"{ips['ulfine'] / ips['ulfine_no_layout']:.2f}x | "
             f"{rss['finessl_equal'] / rss['ulfine']:.2f} / {rss['finessl_published'] / rss['ulfine']:.2f} |")
-    lines += ["", "| row | variant | views per step (labeled+weak+strong...) | median s/step [min, max] | "
-              "images/s | peak RSS MiB | RSS before steps MiB | peak above it MiB |", "|" + "---|" * 8]
+    lines += ["", f"| row | variant | precision (matmul output) | views per step (labeled+weak+strong...) | "
+              f"median s/step [min, max] | images/s | {what} MiB | before steps MiB | peak above it MiB |",
+              "|" + "---|" * 9]
     for row in rows:
+        peak, before = peak_key(row), peak_key(row).replace("peak_", "").replace("_mib", "_before_mib")
         for k in VARIANTS:
             x = row["variants"][k]
-            lines.append(f"| {label(row['spec'])} | {k} | {x['views_per_step']} | {x['median_s']:.4f} "
-                         f"[{x['min_s']:.4f}, {x['max_s']:.4f}] | {x['images_per_s']:.2f} | "
-                         f"{x['peak_rss_mib']:.1f} | {x['rss_before_mib']:.1f} | "
-                         f"{x['peak_rss_mib'] - x['rss_before_mib']:.1f} |")
+            info = x.get("info", {})
+            lines.append(f"| {label(row['spec'])} | {k} | {info.get('precision', '?')} "
+                         f"({info.get('mlp_matmul_dtype', {}).get('dtype', '?')}) | {x['views_per_step']} | "
+                         f"{x['median_s']:.4f} [{x['min_s']:.4f}, {x['max_s']:.4f}] | {x['images_per_s']:.2f} | "
+                         f"{x[peak]:.1f} | {x[before]:.1f} | {x[peak] - x[before]:.1f} |")
     return "\n".join(lines)
 
 
@@ -465,6 +525,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant and row")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads in each child")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the steps are timed")
+    p.add_argument("--precision-ours", choices=["fp32", "bf16"], default=None,
+                   help="ulfine's autocast (default: bf16 on cuda as train.precision=auto, fp32 on cpu)")
+    p.add_argument("--precision-finessl", choices=["fp32", "fp16"], default=None,
+                   help="FineSSL's cfg.prec (default: its own fp16 on cuda, fp32 on cpu)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
@@ -484,9 +549,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.finessl_repo.exists():
         print(f"error: --finessl-repo {args.finessl_repo} does not exist")
         return 2
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: --device cuda, but torch sees no CUDA device")
+            return 2
+    gpu = args.device == "cuda"
+    precision = {"device": args.device, "precision_ours": args.precision_ours or ("bf16" if gpu else "fp32"),
+                 "precision_finessl": args.precision_finessl or ("fp16" if gpu else "fp32")}
     n = max(len(args.image_size), len(args.patch), len(args.batch))
     specs = [{"arch": args.arch, "image_size": s, "patch": p or None, "batch": b, "mu": args.mu,
-              "width": args.width, "layers": args.layers, "head_width": args.head_width, "threads": args.threads}
+              "width": args.width, "layers": args.layers, "head_width": args.head_width, "threads": args.threads,
+              **precision}
              for s, p, b in zip(_expand(args.image_size, n, "--image-size"), _expand(args.patch, n, "--patch"),
                                 _expand(args.batch, n, "--batch"), strict=True)]
     rows = []
@@ -499,7 +574,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     import torch
 
-    report = {"what": "ulfine's training step vs FineSSL's own code (Gank0078/FineSSL@76b6f48), CPU fp32",
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    report = {"what": f"ulfine's training step vs FineSSL's own code (Gank0078/FineSSL@76b6f48), {where}, "
+                      f"ulfine {precision['precision_ours']}, FineSSL {precision['precision_finessl']}",
               "images_per_s": "(B + mu*B) images consumed per step / median seconds per step",
               "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
               "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),

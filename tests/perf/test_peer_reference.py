@@ -88,3 +88,54 @@ def test_tiny_run_checks_features_and_prints_the_rows() -> None:
         assert v["images_per_s"] > 0 and v["peak_rss_mib"] >= v["rss_before_mib"] > 0, name
     assert row["variants"]["finessl_published"]["views_per_step"] == "2+2+2+2"
     assert row["variants"]["ulfine"]["views_per_step"] == "2+2(no_grad)+2"
+
+
+@pytest.mark.slow
+def test_tiny_run_in_each_peers_shipped_precision() -> None:
+    """The GPU row's precisions, run on the CPU: ulfine under bf16 autocast, FineSSL in its own
+    fp16 (its convert_weights); the dtypes its matmuls produced in the timed steps are reported."""
+    clone, why = finessl_clone()
+    if clone is None:
+        pytest.skip(why)
+    env = {**os.environ, "ULFINE_FINESSL_REPO": ""}
+    run = subprocess.run([sys.executable, str(SCRIPT), "--finessl-repo", str(clone), *TINY,
+                          "--precision-ours", "bf16", "--precision-finessl", "fp16"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-2000:]
+    out = run.stdout
+    report = json.loads(out[out.index("\n{") + 1:])
+    assert report["what"].endswith("CPU, ulfine bf16, FineSSL fp16")
+    variants = report["rows"][0]["variants"]
+    for name, dtype in (("ulfine", "bfloat16"), ("ulfine_no_layout", "bfloat16"),
+                        ("finessl_equal", "float16"), ("finessl_published", "float16")):
+        assert variants[name]["info"]["mlp_matmul_dtype"] == {"dtype": dtype}, name
+    assert report["rows"][0]["check"]["ok"]  # the feature check stays fp32
+    assert f"{ROW} finessl_equal | fp16 (float16) | 2+2+2 |" in out
+
+
+def test_cuda_without_a_gpu_says_so(capsys: pytest.CaptureFixture) -> None:
+    import peer_reference
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert peer_reference.main(["--finessl-repo", str(REPO), "--device", "cuda"]) == 2
+    assert "torch sees no CUDA device" in capsys.readouterr().out
+
+
+def test_a_gpu_row_compares_gpu_memory() -> None:
+    """On a GPU the ratio column reads torch.cuda's peak allocation, not the process's RSS."""
+    import peer_reference
+
+    def variant(gpu: float) -> dict:
+        return {"images_per_s": 10.0, "peak_rss_mib": 1000.0, "rss_before_mib": 900.0, "peak_gpu_mib": gpu,
+                "gpu_before_mib": 100.0, "views_per_step": "4+4+4", "median_s": 0.8, "min_s": 0.8, "max_s": 0.8,
+                "info": {"precision": "bf16", "mlp_matmul_dtype": {"dtype": "bfloat16"}}}
+
+    spec = {"arch": "ViT-B-16", "image_size": 224, "patch": None, "batch": 4, "mu": 1, "device": "cuda"}
+    row = {"spec": spec, "variants": {"ulfine": variant(400.0), "ulfine_no_layout": variant(400.0),
+                                      "finessl_equal": variant(1000.0), "finessl_published": variant(1200.0)}}
+    text = peer_reference.table([row])
+    assert "| peak GPU memory ratio:" in text and "| 2.50 / 3.00 |" in text
+    assert "| ViT-B-16 224px B=4 mu=1 cuda | finessl_equal | bf16 (bfloat16) | 4+4+4 |" in text
+    assert "| 1000.0 | 100.0 | 900.0 |" in text
