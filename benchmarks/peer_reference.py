@@ -344,8 +344,7 @@ def worker(variant: str, spec: dict[str, Any], clone: Path | None) -> None:
         gpu_before = torch.cuda.memory_allocated()
     reset = _reset_peak()
     before = _rss_kib("VmRSS")
-    send({"ready": True, "build_s": round(time.perf_counter() - t0, 2), "info": info,
-          "threads": torch.get_num_threads()})
+    send({"ready": True, "build_s": round(time.perf_counter() - t0, 2), "threads": torch.get_num_threads()})
     for line in sys.stdin:
         cmd, _, arg = line.strip().partition(" ")
         if cmd == "run":
@@ -465,13 +464,16 @@ def label(spec: dict[str, Any]) -> str:
     return f"{spec['arch']}{extra} {spec['image_size']}px{patch} B={spec['batch']} mu={spec['mu']}{where}"
 
 
-def peak_key(row: dict[str, Any]) -> str:
-    """The memory a row compares: GPU memory allocated on a GPU, the process's peak RSS on a CPU."""
-    return "peak_gpu_mib" if row["spec"]["device"] == "cuda" else "peak_rss_mib"
+def memory_keys(spec: dict[str, Any]) -> tuple[str, str, str]:
+    """The memory a row compares (its name, peak key, before-steps key): GPU memory allocated on a
+    GPU, the process's RSS on a CPU."""
+    if spec.get("device") == "cuda":
+        return "peak GPU memory", "peak_gpu_mib", "gpu_before_mib"
+    return "peak RSS", "peak_rss_mib", "rss_before_mib"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    what = "peak GPU memory" if rows and peak_key(rows[0]) == "peak_gpu_mib" else "peak RSS"
+    what = memory_keys(rows[0]["spec"])[0] if rows else "peak RSS"
     head = ("| row | images/s ulfine (layout fix) | ulfine (without) | FineSSL equal work | "
             "FineSSL as published | ratios: ulfine ÷ FineSSL equal / ÷ published / fix ÷ without | "
             f"{what} ratio: FineSSL equal ÷ ulfine / published ÷ ulfine |")
@@ -479,7 +481,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         v = row["variants"]
         ips = {k: v[k]["images_per_s"] for k in VARIANTS}
-        rss = {k: v[k][peak_key(row)] for k in VARIANTS}
+        _, peak, _ = memory_keys(row["spec"])
+        rss = {k: v[k][peak] for k in VARIANTS}
         lines.append(
             f"| {label(row['spec'])} | {ips['ulfine']:.2f} | {ips['ulfine_no_layout']:.2f} | "
             f"{ips['finessl_equal']:.2f} | {ips['finessl_published']:.2f} | "
@@ -490,7 +493,7 @@ def table(rows: list[dict[str, Any]]) -> str:
               f"median s/step [min, max] | images/s | {what} MiB | before steps MiB | peak above it MiB |",
               "|" + "---|" * 9]
     for row in rows:
-        peak, before = peak_key(row), peak_key(row).replace("peak_", "").replace("_mib", "_before_mib")
+        _, peak, before = memory_keys(row["spec"])
         for k in VARIANTS:
             x = row["variants"][k]
             info = x.get("info", {})
