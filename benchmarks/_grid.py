@@ -86,6 +86,7 @@ def run_grid(jobs: Sequence[Job], work: Callable[..., dict[str, Any]], args: tup
                 print(f"[{i}/{len(jobs)}] FAILED {job.preset} {job.label} seed {job.seed}: "
                       f"{type(exc).__name__}: {exc}", flush=True)
                 continue
+            row = {**row, "host": row.get("host") or host()}
             with rows_file.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             new.append(row)
@@ -95,22 +96,48 @@ def run_grid(jobs: Sequence[Job], work: Callable[..., dict[str, Any]], args: tup
 
 
 def host() -> str:
-    """This machine's CPU, cores and torch version."""
+    """This machine: CPU model, the kernels torch picks for it, cores and torch version.
+
+    Why the kernels: two VMs that both say "AMD EPYC" can differ in AVX-512, and then in speed
+    (2x here) and in the rounding of 2,000 SGD steps, so a row must say which one made it.
+    """
     import platform
 
     import torch
 
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+    kernels = torch.backends.cpu.get_cpu_capability()
+    cpu = f"{platform.machine()} CPU ({cpu_model()}, torch kernels {kernels})"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    import platform
+
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+    return names[0] if names else (platform.processor() or "unknown model")
 
 
 def how_runs_ran(rows: Sequence[dict[str, Any]]) -> str:
-    """The machine line of a table: this host, then how many of its runs ran how (each row records
-    its ``workers`` and ``threads``), so a table rebuilt with ``--aggregate-only`` states the runs'
-    settings, not the rebuild call's."""
+    """The machine line of a table: per host the rows name (``run_grid`` stamps each row with
+    its ``host``), how many of its runs ran how (each row records its ``workers`` and
+    ``threads``), so a table rebuilt with ``--aggregate-only`` states the runs' machines and
+    settings, not the rebuild call's. Rows of older grids say "host not recorded"."""
+    if not rows:
+        return f"{host()}; no runs yet"
+    by_host: dict[str | None, list[dict[str, Any]]] = {}
+    for d in rows:
+        by_host.setdefault(d.get("host"), []).append(d)
+    return " | ".join(f"{h or 'host not recorded'}: {_ways(rs)}" for h, rs in by_host.items())
+
+
+def _ways(rows: Sequence[dict[str, Any]]) -> str:
+    """How many runs ran how many at a time with how many threads, most common first."""
     ways = Counter((d.get("workers"), d.get("threads")) for d in rows)
-    parts = [f"{n} run(s) {w} at a time x {t} thread(s)" if w else f"{n} run(s) without a record of it"
-             for (w, t), n in sorted(ways.items(), key=lambda kv: -kv[1])]
-    return f"{host()}; " + ("; ".join(parts) if parts else "no runs yet")
+    return "; ".join(f"{n} run(s) {w} at a time x {t} thread(s)" if w else f"{n} run(s) without a record of it"
+                     for (w, t), n in sorted(ways.items(), key=lambda kv: -kv[1]))
 
 
 def shown_command(script: str, argv: Sequence[str], publish: str | None) -> str:
@@ -120,5 +147,5 @@ def shown_command(script: str, argv: Sequence[str], publish: str | None) -> str:
     return f"python {script} " + shlex.join(shown)
 
 
-__all__ = ["Job", "ROWS_FILE", "add_grid_arguments", "host", "how_runs_ran", "plan", "read_rows", "run_grid",
-           "shown_command", "threads_per_run"]
+__all__ = ["Job", "ROWS_FILE", "add_grid_arguments", "cpu_model", "host", "how_runs_ran", "plan", "read_rows",
+           "run_grid", "shown_command", "threads_per_run"]

@@ -18,8 +18,10 @@ report the final (EMA) model on the 10,000 test images.
 
 Each finished run is appended to ``OUT/rows.jsonl`` at once (a killed benchmark keeps what it
 has, a re-run skips finished runs and continues a run killed after a checkpoint; ``--budget``
-runs are kept apart from full ones); the tables (built by ``ulfine.apps.results``) are
-``OUT/fashion_mnist.md``, ``.csv`` and ``.json`` (default OUT: benchmarks/results/fashion_mnist).
+runs are kept apart from full ones), naming the host that made it (CPU model and the kernels torch
+picks, e.g. AVX2 or AVX512: rows made on different VMs differ in time and in rounding); the
+tables (built by ``ulfine.apps.results``) are ``OUT/fashion_mnist.md``, ``.csv`` and ``.json``
+(default OUT: benchmarks/results/fashion_mnist).
 """
 
 from __future__ import annotations

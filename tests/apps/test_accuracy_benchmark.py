@@ -43,6 +43,6 @@ def test_aggregate_only_publish_states_how_the_rows_ran(tmp_path, capsys):
     record = json.loads(published.read_text())
     (entry,) = record["results"]
     assert entry["seeds"] == [3, 4, 5] and abs(entry["overall"]["mean"] - 0.7) < 1e-9
-    assert record["machine"].endswith("; 2 run(s) 2 at a time x 1 thread(s); 1 run(s) without a record of it")
+    assert record["machine"] == "host not recorded: 2 run(s) 2 at a time x 1 thread(s); 1 run(s) without a record of it"
     assert "x 2 thread" not in record["machine"] and "--aggregate-only" not in record["command"]
     assert "0 runs to do" in capsys.readouterr().out

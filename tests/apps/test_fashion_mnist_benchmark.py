@@ -100,7 +100,22 @@ def test_a_continued_run_has_no_wall_time_and_is_named(tmp_path):
     assert first_cells(md, "FixMatch")[6] == "25.0"  # seed 0's 1500 s alone
     assert "| FixMatch | 1 | 84.0 | 60.0 | 9.0 | - |" in md.split("### every run")[1]
     assert "- continued from a checkpoint (wall time left out): FixMatch seed 1" in md
-    assert "; 2 run(s) 2 at a time x 1 thread(s)" in md
+    assert "- machine: host not recorded: 2 run(s) 2 at a time x 1 thread(s)\n" in md
+
+
+def test_machine_line_names_each_host_with_its_runs(tmp_path):
+    """Rows made on two VMs (same CPU name, different kernels) and rows of an older grid without a
+    host: the table names each host with its own runs, in the order the rows came."""
+    avx2, avx512 = "x86_64 CPU (AMD EPYC, torch kernels AVX2), 2 cores", "x86_64 CPU (AMD EPYC, torch kernels AVX512), 2 cores"
+    rows = [fake_row("ACR", 0, 0.8, 0.5, 0.7, 1800.0, workers=2, threads=1),
+            fake_row("ACR", 1, 0.8, 0.5, 0.7, 1800.0, workers=2, threads=1, host=avx2),
+            fake_row("ACR", 2, 0.8, 0.5, 0.7, 900.0, workers=2, threads=1, host=avx512),
+            fake_row("ABC", 2, 0.8, 0.5, 0.7, 900.0, workers=1, threads=2, host=avx512)]
+    args = bench.argparse.Namespace(budget=None, overrides=[], publish=None, seeds=[0, 1, 2], settings=["consistent"])
+    md = bench.write_tables(tmp_path, bench.records_of(rows, [CONSISTENT], None), [CONSISTENT],
+                            bench.about_runs(args, [], [CONSISTENT], rows))
+    assert (f"- machine: host not recorded: 1 run(s) 2 at a time x 1 thread(s) | {avx2}: 1 run(s) 2 at a time x 1 "
+            f"thread(s) | {avx512}: 1 run(s) 2 at a time x 1 thread(s); 1 run(s) 1 at a time x 2 thread(s)\n") in md
 
 
 def test_aggregate_only_rebuilds_the_tables_from_rows_jsonl(tmp_path, capsys):
@@ -116,7 +131,8 @@ def test_aggregate_only_rebuilds_the_tables_from_rows_jsonl(tmp_path, capsys):
     # the command that made the rows, not the rebuild
     assert "fashion_mnist.py --out" in md and "--aggregate-only" not in md and "seeds: [0, 1, 2]" in md
     # how the runs ran, not how the rebuild was called (--threads 2)
-    assert "; 2 run(s) 2 at a time x 1 thread(s); 1 run(s) without a record of it" in md and "x 2 thread" not in md
+    assert "host not recorded: 2 run(s) 2 at a time x 1 thread(s); 1 run(s) without a record of it" in md
+    assert "x 2 thread" not in md
     assert "0 runs to do" in capsys.readouterr().out
 
 
@@ -124,6 +140,7 @@ def test_one_tiny_run_end_to_end_then_skipped_on_rerun(tmp_path, capsys, monkeyp
     """One real engine run (one step of a scratch WRN on IDX files written here) through the
     benchmark's pool: its row carries the engine's metrics and its wall time, and a re-run skips it."""
     import numpy as np
+    import torch
 
     monkeypatch.syspath_prepend(str(ROOT / "tests" / "data"))
     from datafakes import write_idx
@@ -144,6 +161,7 @@ def test_one_tiny_run_end_to_end_then_skipped_on_rerun(tmp_path, capsys, monkeyp
     assert m["steps"] == 1 and m["images_seen"] == {"labeled": 2, "unlabeled": 4} and m["num_images"] == 20
     assert m["wall_seconds"] >= m["train_seconds"] > 0
     assert (row["workers"], row["threads"], row["resumed"]) == (1, 1, False)
+    assert row["host"].endswith(f"cores, torch {torch.__version__}") and "torch kernels " in row["host"]
     assert Path(row["run_dir"]).parent == bench.runs_dir(out, 0.0007)
     assert bench.main(args) == 0 and "0 runs to do (1 rows" in capsys.readouterr().out
     assert len(bench.read_rows(out / "rows.jsonl")) == 1
