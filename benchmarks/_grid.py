@@ -75,6 +75,7 @@ def run_grid(jobs: Sequence[Job], work: Callable[..., dict[str, Any]], args: tup
     A failed run is reported and skipped, so one bad run never loses the others.
     """
     new: list[dict[str, Any]] = []
+    here = host()  # every row of this grid names the machine that made it
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(work, job, *args): job for job in jobs}
@@ -86,7 +87,7 @@ def run_grid(jobs: Sequence[Job], work: Callable[..., dict[str, Any]], args: tup
                 print(f"[{i}/{len(jobs)}] FAILED {job.preset} {job.label} seed {job.seed}: "
                       f"{type(exc).__name__}: {exc}", flush=True)
                 continue
-            row = {**row, "host": row.get("host") or host()}
+            row = {**row, "host": here}
             with rows_file.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             new.append(row)
@@ -106,11 +107,11 @@ def host() -> str:
     import torch
 
     kernels = torch.backends.cpu.get_cpu_capability()
-    cpu = f"{platform.machine()} CPU ({cpu_model()}, torch kernels {kernels})"
+    cpu = f"{platform.machine()} CPU ({_cpu_model()}, torch kernels {kernels})"
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
-def cpu_model() -> str:
+def _cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
     import platform
 
@@ -147,5 +148,5 @@ def shown_command(script: str, argv: Sequence[str], publish: str | None) -> str:
     return f"python {script} " + shlex.join(shown)
 
 
-__all__ = ["Job", "ROWS_FILE", "add_grid_arguments", "cpu_model", "host", "how_runs_ran", "plan", "read_rows",
+__all__ = ["Job", "ROWS_FILE", "add_grid_arguments", "host", "how_runs_ran", "plan", "read_rows",
            "run_grid", "shown_command", "threads_per_run"]
