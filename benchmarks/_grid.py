@@ -145,7 +145,7 @@ def shown_command(script: str, argv: Sequence[str], publish: str | None) -> str:
     """The command line that made a table, without its own ``--publish`` option and without
     ``--aggregate-only`` (the table's rows came from runs the same command makes)."""
     shown = [a for a in argv if not a.startswith("--publish") and a not in (publish, "--aggregate-only")]
-    return f"python {script} " + shlex.join(shown)
+    return shlex.join(["python", script, *shown])
 
 
 __all__ = ["Job", "ROWS_FILE", "add_grid_arguments", "host", "how_runs_ran", "plan", "read_rows",

@@ -165,3 +165,12 @@ def test_one_tiny_run_end_to_end_then_skipped_on_rerun(tmp_path, capsys, monkeyp
     assert Path(row["run_dir"]).parent == bench.runs_dir(out, 0.0007)
     assert bench.main(args) == 0 and "0 runs to do (1 rows" in capsys.readouterr().out
     assert len(bench.read_rows(out / "rows.jsonl")) == 1
+
+
+def test_shown_command_is_the_line_to_rerun_without_the_rebuild_options():
+    grid = sys.modules["_grid"]  # loaded by the benchmark script above
+    bare = grid.shown_command("benchmarks/fashion_mnist.py", ["--aggregate-only"], None)
+    assert bare == "python benchmarks/fashion_mnist.py"  # no trailing blank
+    argv = ["--aggregate-only", "--out", "my runs", "--publish", "p.json"]
+    assert grid.shown_command("benchmarks/fashion_mnist.py", argv, "p.json") == (
+        "python benchmarks/fashion_mnist.py --out 'my runs'")
