@@ -24,6 +24,11 @@ def device_name(device: torch.device) -> str:
     """Human-readable accelerator / CPU name for the report."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows, else "cpu"."""
     import platform
 
     try:
@@ -31,7 +36,7 @@ def device_name(device: torch.device) -> str:
             model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     except OSError:
         model = ""
-    return f"{model or platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
+    return model or platform.processor() or "cpu"
 
 
 def sync(device: torch.device) -> None:

@@ -105,20 +105,11 @@ def host() -> str:
     import platform
 
     import torch
+    from _common import cpu_model
 
     kernels = torch.backends.cpu.get_cpu_capability()
-    cpu = f"{platform.machine()} CPU ({_cpu_model()}, torch kernels {kernels})"
+    cpu = f"{platform.machine()} CPU ({cpu_model()}, torch kernels {kernels})"
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
-def _cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    import platform
-
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
-    return names[0] if names else (platform.processor() or "unknown model")
 
 
 def how_runs_ran(rows: Sequence[dict[str, Any]]) -> str:
